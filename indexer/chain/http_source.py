@@ -1,0 +1,334 @@
+"""The production chain source: raw JSON-RPC over HTTP, batching, failover, retries.
+
+Guarantees:
+
+- :meth:`HttpChainSource.fetch` is ONE JSON-RPC batch (one HTTP POST): the ``eth_getLogs`` of
+  every filter and ``eth_getBlockByNumber(n, false)`` of every header height, all from the
+  same endpoint, so the engine can compare logs and headers of one node's view (a lagging node
+  behind a load balancer is then caught by the engine's checks, not here).
+- Answers are converted to :mod:`indexer.chain.types` by hand (no web3 formatters): lowercase
+  ``0x`` hex, integers from hex quantities. An answer that cannot be converted (missing key,
+  null where a value is due) is a :class:`~indexer.chain.errors.TransientRpcError` with
+  outcome ``bad_response``, retried like any transient error. Nothing else is validated here.
+- Failover and retries (tenacity): at most ``max_attempts`` attempts per method call. A
+  transient error or a rate limit moves to the next endpoint at once; a rate-limited endpoint
+  is not used again before its ``Retry-After`` (or ``rate_limit_pause``) has passed. After a
+  full round over all endpoints the source backs off exponentially with jitter (bounded by
+  ``backoff_max``). When every endpoint is rate limited for longer than ``max_wait`` the
+  :class:`~indexer.chain.errors.RateLimitedError` is raised instead of sleeping.
+- :class:`~indexer.chain.errors.FatalRpcError`, :class:`~indexer.chain.errors.RangeTooLargeError`
+  and :class:`~indexer.chain.errors.CallRevertedError` are raised at once, never retried.
+- The endpoint that last answered stays the current one (sticky) until it fails.
+- Each retry is logged as ``rpc_retry`` (method, masked endpoint, outcome, attempt, wait).
+- Not thread-safe: one source per thread.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type
+
+from indexer.chain.errors import (
+    RateLimitedError,
+    RpcError,
+    TransientRpcError,
+    is_unknown_tag_error,
+    mask_endpoint,
+)
+from indexer.chain.rpc import JsonRpcClient, Observer, RpcCall
+from indexer.chain.types import BlockHeader, Log, LogFilter
+from indexer.logs import get_logger
+
+__all__ = ["HttpChainSource", "parse_header", "parse_log"]
+
+T = TypeVar("T")
+
+log = get_logger("audifi.chain")
+
+
+# --------------------------------------------------------------------------------------------
+# Conversion of raw answers (hot path: keep it lean)
+
+
+def parse_log(raw: dict[str, Any]) -> Log:
+    """A raw ``eth_getLogs`` element → :class:`Log` (lowercase hex, ints from hex)."""
+    return Log(
+        raw["address"].lower(),
+        tuple([topic.lower() for topic in raw["topics"]]),
+        raw["data"].lower(),
+        int(raw["blockNumber"], 16),
+        raw["blockHash"].lower(),
+        raw["transactionHash"].lower(),
+        int(raw["transactionIndex"], 16),
+        int(raw["logIndex"], 16),
+        raw.get("removed") is True,
+    )
+
+
+def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
+    """A raw block (``eth_getBlockByNumber``) → :class:`BlockHeader`; null stays None."""
+    if raw is None:
+        return None
+    return BlockHeader(
+        int(raw["number"], 16),
+        raw["hash"].lower(),
+        raw["parentHash"].lower(),
+        int(raw["timestamp"], 16),
+    )
+
+
+def _parse_logs(raw: list[dict[str, Any]]) -> list[Log]:
+    if not isinstance(raw, list):
+        raise TypeError(f"eth_getLogs result is {type(raw).__name__}, not a list")
+    return [parse_log(item) for item in raw]
+
+
+def _converted(client: JsonRpcClient, method: str, convert: Callable[[], T]) -> T:
+    """``convert()``; a conversion failure is the endpoint's malformed answer (transient)."""
+    try:
+        return convert()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise TransientRpcError(
+            f"malformed answer: {type(exc).__name__}: {exc}",
+            outcome="bad_response",
+            endpoint=client.url,
+            method=method,
+        ) from None
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large answer is decoded and converted.
+
+    Decoding allocates hundreds of thousands of dicts and strings without any cycle; the
+    collector, triggered by the allocation count, then spends about half of the time scanning
+    them (measured: ~120k → ~230k logs/s with 100k logs per answer). Reference counting still
+    frees memory meanwhile; the previous state is restored (nested or concurrent use only
+    ever re-enables what it disabled).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+Fetched = tuple[list[list[Log]], list[BlockHeader | None]]
+
+
+def _fetch_on(client: JsonRpcClient, calls: Sequence[RpcCall], split: int) -> Fetched:
+    """One batch on one endpoint: ``calls[:split]`` are eth_getLogs, the rest headers."""
+    with _gc_paused():
+        results = client.batch(calls)
+        logs = _converted(client, "eth_getLogs", lambda: [_parse_logs(r) for r in results[:split]])
+        headers = _converted(
+            client, "eth_getBlockByNumber", lambda: [parse_header(r) for r in results[split:]]
+        )
+    return logs, headers
+
+
+def _quantity(raw: str) -> int:
+    return int(raw, 16)
+
+
+def _hex_data(raw: str) -> str:
+    if not raw.startswith("0x"):
+        raise ValueError(f"not 0x hex: {raw!r:.80}")
+    return raw.lower()
+
+
+# --------------------------------------------------------------------------------------------
+# The source
+
+
+@dataclass(slots=True)
+class _Endpoint:
+    client: JsonRpcClient
+    cooldown_until: float = 0.0
+    """``time.monotonic()`` before which the endpoint is not used (rate limited)."""
+
+
+class HttpChainSource:
+    """:class:`~indexer.chain.source.ChainSource` over JSON-RPC HTTP endpoints (failover)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout: float = 10.0,
+        max_attempts: int = 5,
+        observer: Observer | None = None,
+        *,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        max_wait: float = 30.0,
+        rate_limit_pause: float = 1.0,
+    ) -> None:
+        if not urls:
+            raise ValueError("HttpChainSource needs at least one endpoint URL")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self._endpoints = [_Endpoint(JsonRpcClient(u, timeout, observer=observer)) for u in urls]
+        self._current = 0
+        self._max_attempts = max_attempts
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._max_wait = max_wait
+        self._rate_limit_pause = rate_limit_pause
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoints, masked (safe to log)."""
+        return tuple(mask_endpoint(e.client.url) for e in self._endpoints)
+
+    # ---------------------------------------------------------------- ChainSource
+
+    def chain_id(self) -> int:
+        return self._run("eth_chainId", lambda c: self._quantity_of(c, "eth_chainId"))
+
+    def head(self) -> int:
+        return self._run("eth_blockNumber", lambda c: self._quantity_of(c, "eth_blockNumber"))
+
+    def finalized(self) -> int | None:
+        return self._run("eth_getBlockByNumber", self._finalized_on)
+
+    def fetch(self, filters: Sequence[LogFilter], header_numbers: Sequence[int]) -> Fetched:
+        calls: list[RpcCall] = [("eth_getLogs", [f.to_rpc()]) for f in filters]
+        calls += [("eth_getBlockByNumber", [hex(n), False]) for n in header_numbers]
+        if not calls:
+            return [], []
+        split = len(filters)
+        method = "eth_getLogs" if filters else "eth_getBlockByNumber"
+        return self._run(method, lambda client: _fetch_on(client, calls, split))
+
+    def headers(self, numbers: Sequence[int]) -> list[BlockHeader | None]:
+        return self.fetch((), numbers)[1]
+
+    def call(self, to: str, data: str, block_hash: str) -> str:
+        params = [{"to": to, "data": data}, {"blockHash": block_hash}]
+
+        def attempt(client: JsonRpcClient) -> str:
+            raw = client.call("eth_call", params)
+            return _converted(client, "eth_call", lambda: _hex_data(raw))
+
+        return self._run("eth_call", attempt)
+
+    def close(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.client.close()
+
+    # ---------------------------------------------------------------- extras
+
+    def request(self, method: str, params: Sequence[Any]) -> Any:
+        """Any JSON-RPC method, raw result, with the same failover and retries."""
+        return self._run(method, lambda c: c.call(method, params))
+
+    # ---------------------------------------------------------------- per-endpoint steps
+
+    @staticmethod
+    def _quantity_of(client: JsonRpcClient, method: str) -> int:
+        result = client.call(method, [])
+        return _converted(client, method, lambda: _quantity(result))
+
+    def _finalized_on(self, client: JsonRpcClient) -> int | None:
+        method = "eth_getBlockByNumber"
+        try:
+            block = client.call(method, ["finalized", False])
+        except RpcError as exc:
+            if is_unknown_tag_error(exc):
+                return None
+            raise
+        header = _converted(client, method, lambda: parse_header(block))
+        return None if header is None else header.number
+
+    # ---------------------------------------------------------------- failover and retries
+
+    def _run(self, method: str, attempt: Callable[[JsonRpcClient], T]) -> T:
+        retrying = Retrying(
+            stop=self._should_stop,
+            wait=self._wait_seconds,
+            retry=retry_if_exception_type(TransientRpcError),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        result: T = retrying(self._attempt, method, attempt)
+        return result
+
+    def _attempt(self, method: str, attempt: Callable[[JsonRpcClient], T]) -> T:
+        endpoint = self._pick(method)
+        try:
+            return attempt(endpoint.client)
+        except RateLimitedError as exc:
+            pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
+            endpoint.cooldown_until = time.monotonic() + pause
+            self._move_past(endpoint)
+            raise
+        except TransientRpcError:
+            self._move_past(endpoint)
+            raise
+
+    def _pick(self, method: str) -> _Endpoint:
+        """The current endpoint, or the next one not cooling down; sleeps (≤ ``max_wait``)
+        when all are cooling down."""
+        now = time.monotonic()
+        count = len(self._endpoints)
+        for k in range(count):
+            index = (self._current + k) % count
+            if self._endpoints[index].cooldown_until <= now:
+                self._current = index
+                return self._endpoints[index]
+        wait = self._cooldown_left()
+        if wait > self._max_wait:
+            raise RateLimitedError(
+                f"every endpoint is rate limited for {wait:.1f}s more",
+                retry_after=wait,
+                endpoint=self._endpoints[self._current].client.url,
+                method=method,
+            )
+        time.sleep(wait)
+        return self._pick(method)
+
+    def _move_past(self, endpoint: _Endpoint) -> None:
+        if self._endpoints[self._current] is endpoint:
+            self._current = (self._current + 1) % len(self._endpoints)
+
+    def _cooldown_left(self) -> float:
+        """Seconds until some endpoint may be used again (0 when one may be used now)."""
+        now = time.monotonic()
+        return max(0.0, min(e.cooldown_until for e in self._endpoints) - now)
+
+    def _should_stop(self, state: RetryCallState) -> bool:
+        return state.attempt_number >= self._max_attempts or self._cooldown_left() > self._max_wait
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if not isinstance(error, RpcError):
+            return
+        log.warning(
+            "rpc_retry",
+            method=error.method,
+            endpoint=error.endpoint,
+            outcome=error.outcome,
+            error=error.detail,
+            attempt=state.attempt_number,
+            max_attempts=self._max_attempts,
+            wait=round(state.upcoming_sleep, 3),
+        )
+
+    def _wait_seconds(self, state: RetryCallState) -> float:
+        """No pause inside a round (next endpoint at once); jittered exponential backoff after
+        each full round; never less than the time until an endpoint is usable."""
+        rounds, rest = divmod(state.attempt_number, len(self._endpoints))
+        backoff = 0.0
+        if rest == 0:
+            ceiling = min(self._backoff_max, self._backoff_base * 2 ** (rounds - 1))
+            backoff = ceiling * random.uniform(0.5, 1.0)
+        return max(backoff, self._cooldown_left())

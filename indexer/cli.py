@@ -1,0 +1,166 @@
+"""The ``audifi-indexer`` command line (also ``python -m indexer``).
+
+Each command returns a process exit code: 0 success, 1 the work failed, 2 bad input
+(configuration, arguments) or a dependency that cannot be reached. Expected failures print one
+clear message to stderr; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from indexer import __version__
+from indexer.config import load_settings
+from indexer.errors import IndexerError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from indexer import migrate
+
+    settings = load_settings(args.config, require=("database_url",))
+    url = settings.database_url
+    assert url is not None
+    version = migrate.upgrade(url, args.revision)
+    if version.current == version.head:
+        print(f"schema already at {version.head}; nothing to do")
+    else:
+        print(f"schema migrated: {version.current or 'empty'} -> {version.head}")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from indexer.daemon import Daemon
+    from indexer.logs import configure_logging
+
+    settings = load_settings(args.config, require=("database_url", "rpc_urls"))
+    configure_logging(settings.log_format, settings.log_level)
+    daemon = Daemon(settings)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from indexer.status import collect_status, render_status
+
+    settings = load_settings(args.config, require=("database_url",))
+    status = collect_status(settings, args.chain_id)
+    print(json.dumps(status, sort_keys=True) if args.json else render_status(status))
+    return EXIT_OK
+
+
+def _cmd_rewind(args: argparse.Namespace) -> int:
+    from indexer import store
+    from indexer.status import pick_chain_id
+    from indexer.sync import connect
+
+    settings = load_settings(args.config, require=("database_url",))
+    assert settings.database_url is not None
+    with connect(settings.database_url) as conn:
+        chain_id = pick_chain_id(conn, args.chain_id or settings.chain_id)
+        if chain_id is None:
+            raise IndexerError("nothing to rewind: the indexer has not run on this database")
+        with conn.transaction():
+            state = store.lock_state(conn, chain_id)
+            assert state is not None
+            if state.indexed_block is not None and args.to_block > state.indexed_block:
+                raise IndexerError(
+                    f"--to-block {args.to_block} is above the indexed block "
+                    f"{state.indexed_block}: nothing to rewind"
+                )
+            if args.to_block < state.start_block - 1:
+                raise IndexerError(
+                    f"--to-block {args.to_block} is below the start block {state.start_block}"
+                    f" minus one: use {state.start_block - 1} to re-index everything"
+                )
+            removed = store.rewind_to_block(conn, chain_id, args.to_block, state.start_block)
+            store.clear_halt(conn, chain_id)
+    print(
+        f"chain {chain_id}: rewound to block {args.to_block}; halt cleared; removed "
+        + ", ".join(f"{n} {t.removeprefix('indexer_')}" for t, n in removed.items())
+    )
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from indexer.demo import run_demo
+
+    return run_demo(config_path=args.config, data_dir=args.data_dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audifi-indexer",
+        description="AudiFi chain indexer: keeps the AudiFi PostgreSQL database in sync with "
+        "the chain.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: $AUDIFI_CONFIG); every key can be "
+        "overridden by its AUDIFI_* environment variable",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    migrate = commands.add_parser(
+        "migrate", help="upgrade the database schema to the newest revision (idempotent)"
+    )
+    migrate.add_argument(
+        "--revision", default="head", help="target alembic revision (default: head)"
+    )
+    migrate.set_defaults(handler=_cmd_migrate)
+
+    run = commands.add_parser("run", help="run the indexer daemon (Ctrl-C / SIGTERM stop it)")
+    run.set_defaults(handler=_cmd_run)
+
+    status = commands.add_parser("status", help="show sync progress (head, indexed block, lag…)")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--chain-id", type=int, help="which chain, when the database has several")
+    status.set_defaults(handler=_cmd_status)
+
+    rewind = commands.add_parser(
+        "rewind",
+        help="operator recovery: delete everything indexed above a block, clear a halt, and "
+        "re-index from the next block (see docs/operations.md)",
+    )
+    rewind.add_argument("--to-block", type=int, required=True, help="keep blocks up to this")
+    rewind.add_argument("--chain-id", type=int, help="which chain, when the database has several")
+    rewind.set_defaults(handler=_cmd_rewind)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run on an embedded default: a private PostgreSQL when AUDIFI_DATABASE_URL is "
+        "unset, migrated, and a report of the schema",
+    )
+    demo.add_argument(
+        "--data-dir",
+        default=".demo",
+        help="where the demo keeps its private PostgreSQL data (default: ./.demo)",
+    )
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except IndexerError as exc:
+        print(f"audifi-indexer {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"audifi-indexer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

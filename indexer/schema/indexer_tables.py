@@ -1,0 +1,137 @@
+"""The indexer's own bookkeeping tables (all named ``indexer_*``).
+
+Guarantees these tables carry (enforced by the engine, see ``indexer/sync.py``):
+
+* ``indexer_events`` is the decoded event log: every accepted AudiFi event of the canonical
+  chain between the start block and the cursor, once. The AudiFi domain tables are derived
+  from it and can be rebuilt from it.
+* ``indexer_blocks`` holds (number, hash, parent hash) of the blocks inside the reorg window,
+  so every new block can be linked to the stored chain and a fork's common ancestor found.
+* ``indexer_state`` is the cursor (last fully indexed block and its hash) plus the halt flag;
+  it is written in the same transaction as the data it covers.
+* ``indexer_contracts`` lists the master contracts the registry registered, with the position
+  of the registering log: their Transfer logs are trusted from that position on.
+* ``indexer_dead_letters`` keeps logs from trusted emitters that failed to decode, raw.
+* ``indexer_outbox`` holds messages for the Redis stream, written with the data they describe
+  and published after commit (at least once, in ``id`` order).
+
+Every row carries ``chain_id``: one database may only ever hold one chain (checked at start),
+but keeping the key makes a mix-up detectable instead of silent.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+
+from indexer.schema.base import metadata
+
+TZ = sa.DateTime(timezone=True)
+NOW = sa.text("now()")
+HASH = sa.String(66)
+ADDRESS = sa.String(42)
+
+indexer_state = sa.Table(
+    "indexer_state",
+    metadata,
+    sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("start_block", sa.BigInteger, nullable=False),
+    sa.Column("indexed_block", sa.BigInteger),
+    sa.Column("indexed_hash", HASH),
+    sa.Column("halted", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("halt_reason", sa.Text),
+    # Ignored logs leave no row anywhere (SPEC §8); this running total is their only trace.
+    sa.Column("ignored_logs", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("halted_at", TZ),
+    sa.Column("created_at", TZ, nullable=False, server_default=NOW),
+    sa.Column("updated_at", TZ, nullable=False, server_default=NOW),
+)
+
+indexer_blocks = sa.Table(
+    "indexer_blocks",
+    metadata,
+    sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("number", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", HASH, nullable=False),
+    sa.Column("parent_hash", HASH, nullable=False),
+    sa.Column("block_time", TZ, nullable=False),
+)
+
+indexer_contracts = sa.Table(
+    "indexer_contracts",
+    metadata,
+    sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("address", ADDRESS, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("master_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("registered_block", sa.BigInteger, nullable=False),
+    sa.Column("registered_log_index", sa.Integer, nullable=False),
+    sa.Column("registered_block_hash", HASH, nullable=False),
+)
+sa.Index(
+    "idx_indexer_contracts_block",
+    indexer_contracts.c.chain_id,
+    indexer_contracts.c.registered_block,
+)
+
+indexer_events = sa.Table(
+    "indexer_events",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("chain_id", sa.BigInteger, nullable=False),
+    sa.Column("block_number", sa.BigInteger, nullable=False),
+    sa.Column("block_hash", HASH, nullable=False),
+    sa.Column("block_time", TZ, nullable=False),
+    sa.Column("tx_hash", HASH, nullable=False),
+    sa.Column("tx_index", sa.Integer, nullable=False),
+    sa.Column("log_index", sa.Integer, nullable=False),
+    sa.Column("address", ADDRESS, nullable=False),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("args", pg.JSONB, nullable=False),
+    sa.UniqueConstraint(
+        "chain_id", "block_number", "log_index", name="indexer_events_chain_block_log_key"
+    ),
+)
+sa.Index(
+    "idx_indexer_events_type_block",
+    indexer_events.c.chain_id,
+    indexer_events.c.event_type,
+    indexer_events.c.block_number,
+)
+
+indexer_dead_letters = sa.Table(
+    "indexer_dead_letters",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("chain_id", sa.BigInteger, nullable=False),
+    sa.Column("block_number", sa.BigInteger, nullable=False),
+    sa.Column("block_hash", HASH, nullable=False),
+    sa.Column("tx_hash", HASH, nullable=False),
+    sa.Column("log_index", sa.Integer, nullable=False),
+    sa.Column("address", ADDRESS, nullable=False),
+    sa.Column("topics", pg.ARRAY(sa.Text), nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", TZ, nullable=False, server_default=NOW),
+    sa.UniqueConstraint(
+        "chain_id", "block_number", "log_index", name="indexer_dead_letters_chain_block_log_key"
+    ),
+)
+
+indexer_outbox = sa.Table(
+    "indexer_outbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("chain_id", sa.BigInteger, nullable=False),
+    sa.Column("message_id", sa.String(160), nullable=False),
+    sa.Column("message_type", sa.String(40), nullable=False),
+    sa.Column("block_number", sa.BigInteger, nullable=False),
+    sa.Column("payload", pg.JSONB, nullable=False),
+    sa.Column("created_at", TZ, nullable=False, server_default=NOW),
+    sa.Column("published_at", TZ),
+)
+sa.Index(
+    "idx_indexer_outbox_unpublished",
+    indexer_outbox.c.id,
+    postgresql_where=indexer_outbox.c.published_at.is_(None),
+)

@@ -1,0 +1,620 @@
+"""One step of the chain-following loop: plan → fetch → validate → decode → store.
+
+:meth:`Syncer.step` is the whole engine; the daemon calls it in a loop and decides, from the
+returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contract:
+
+* **Exactly-once.** A step either commits one batch — events, dead letters, registrations,
+  window blocks, outbox messages and the new cursor in ONE transaction — or writes nothing.
+  A crash (``kill -9``) at any point leaves the database at the previous or the next cursor,
+  never in between; the next step resumes from the stored cursor.
+* **Reorg-safe.** Every new range must link to the stored head (``parent_hash`` of its first
+  block equals the cursor's hash). When it does not, or when the stored head's hash is no
+  longer the node's hash at that height, the step compares the stored window with the node's
+  headers, rolls everything above the common ancestor back in one transaction and returns
+  :attr:`Outcome.REORG`; the next steps re-index from there. A fork below the stored window
+  halts: the halt is stored, nothing more is written until an operator rewinds
+  (``audifi-indexer rewind``).
+* **Don't trust the RPC.** Headers and logs of a range are asked for in one batch. A null
+  header, a header with the wrong number, a log outside the range, a ``removed`` log, a log
+  whose block hash differs from the header at its height, or a range whose blocks do not link
+  raise :class:`~indexer.chain.errors.InconsistentResponseError` naming the rule and values:
+  nothing is written and the step can be retried. A node whose head is below the stored head
+  gives :attr:`Outcome.NODE_BEHIND`: nothing is deleted, the caller waits.
+* **Trust.** Only logs of the configured registry, dividend contracts and coin factory, and of
+  master contracts the registry registered — from the registering log on, by (block, log
+  index) — are accepted. Other logs carrying AudiFi event signatures are counted as ignored and
+  leave no row. Trusted logs that do not decode become dead letters.
+* **Backfill and live.** Blocks at or below the final boundary (``head - finality_depth``, or
+  the node's ``finalized`` block when that is higher) are fetched in large ranges with headers
+  only where needed; blocks above it are fetched with every header and stored in the window.
+  Both paths advance the same contiguous cursor, so the hand-over neither skips nor repeats.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from indexer import store
+from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError
+from indexer.chain.source import ChainSource
+from indexer.chain.types import BlockHeader, Log, LogFilter
+from indexer.decode import (
+    TOPIC0,
+    DecodeError,
+    EmitterRole,
+    EventType,
+    Verdict,
+    args_to_json,
+    classify,
+    decode,
+)
+from indexer.reorg import BlockRef, NodeMissingBlocksError, find_common_ancestor
+
+AUDIFI_TOPICS_ANY_EMITTER = (
+    TOPIC0[EventType.MASTER_REGISTERED],
+    TOPIC0[EventType.DIVIDEND_DEPOSITED],
+    TOPIC0[EventType.ARTIST_COIN_DEPLOYED],
+)
+"""Fetched from every emitter so that spoofs of these rare signatures are seen and counted
+as ignored. ``Transfer`` is only fetched from trusted contracts: every ERC-20/721 on the chain
+emits it, and counting them all would cost the node dearly for no information."""
+
+
+class Outcome(enum.Enum):
+    PROGRESSED = "progressed"
+    """A batch was committed; more may be waiting: step again at once."""
+    CAUGHT_UP = "caught_up"
+    """Nothing new up to the target height: sleep a poll interval."""
+    REORG = "reorg"
+    """A fork was rolled back to the common ancestor: step again at once."""
+    NODE_BEHIND = "node_behind"
+    """The node's head is below the stored head (or it lacks a stored block): wait."""
+    HALTED = "halted"
+    """Indexing is halted (stored); nothing is written until an operator rewinds."""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    outcome: Outcome
+    head: int | None = None
+    from_block: int | None = None
+    to_block: int | None = None
+    to_hash: str | None = None
+    events: int = 0
+    dead_letters: int = 0
+    ignored: int = 0
+    registrations: int = 0
+    event_counts: dict[str, int] = field(default_factory=dict)
+    reorg_depth: int = 0
+    ancestor: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Trust:
+    """The configured trusted emitters (lowercase addresses)."""
+
+    registry: str | None
+    dividends: frozenset[str]
+    coin_factory: str | None
+
+    def static_role(self, address: str) -> EmitterRole | None:
+        if address == self.registry:
+            return EmitterRole.REGISTRY
+        if address in self.dividends:
+            return EmitterRole.DIVIDEND
+        if address == self.coin_factory:
+            return EmitterRole.COIN_FACTORY
+        return None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        found = [a for a in (self.registry, self.coin_factory) if a]
+        return tuple(sorted({*found, *self.dividends}))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    start_block: int = 0
+    confirmations: int = 0
+    finality_depth: int = 64
+    max_block_range: int = 2000
+    """Largest eth_getLogs range in backfill; narrowed on "too many results"."""
+    near_head_range: int = 64
+    """Largest range per step inside the reorg window (every header is fetched there)."""
+    outbox: bool = False
+    """Queue a Redis message per committed event and rollback."""
+
+
+class Projector:
+    """Hook for tables derived from the event log, run in the batch's transaction.
+
+    The base class derives nothing; subclasses keep the AudiFi domain tables in step.
+    """
+
+    def apply(self, conn: store.Conn, chain_id: int, batch: store.Batch) -> None:
+        """Apply ``batch`` (already written to the event log)."""
+
+    def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:
+        """Undo everything above block ``ancestor`` (already removed from the event log)."""
+
+
+class _Reorg(Exception):
+    """Internal: the fetched range does not link to the stored head."""
+
+
+@dataclass(slots=True)
+class _Processed:
+    events: list[store.EventRow] = field(default_factory=list)
+    dead_letters: list[store.DeadLetter] = field(default_factory=list)
+    registrations: list[store.Registration] = field(default_factory=list)
+    ignored: int = 0
+    other: int = 0
+
+
+def process_logs(
+    logs: Iterable[Log],
+    headers: dict[int, BlockHeader],
+    trust: Trust,
+    registrations: dict[str, store.Registration],
+) -> _Processed:
+    """Pure: sort trusted from ignored logs, decode, and find new registrations.
+
+    ``logs`` must be in chain order. ``registrations`` is not modified; registrations found in
+    ``logs`` are trusted from their own position on (later logs of the same block included).
+    """
+    out = _Processed()
+    known = dict(registrations)
+    for log in logs:
+        role = trust.static_role(log.address)
+        if role is None:
+            registration = known.get(log.address)
+            if registration is None or log.position <= registration.position:
+                out.ignored += 1
+                continue
+            role = EmitterRole.MASTER
+        verdict, reason = classify(log, role)
+        if verdict is Verdict.OTHER:
+            out.other += 1
+            continue
+        if verdict is Verdict.DECODE:
+            try:
+                decoded = decode(log, _ROLE_EVENT[role])
+            except DecodeError as exc:
+                reason = str(exc)
+            else:
+                header = headers[log.block_number]
+                out.events.append(
+                    store.EventRow(
+                        block_number=log.block_number,
+                        block_hash=log.block_hash,
+                        block_time=store.block_time(header),
+                        tx_hash=log.tx_hash,
+                        tx_index=log.tx_index,
+                        log_index=log.log_index,
+                        address=log.address,
+                        event_type=decoded.event.value,
+                        args=args_to_json(decoded.args),
+                    )
+                )
+                if decoded.event is EventType.MASTER_REGISTERED:
+                    contract = str(decoded.args["contractAddress"])
+                    if contract not in known:  # the first registration of a contract wins
+                        registration = store.Registration(
+                            contract, decoded.args["masterId"], log.block_number,
+                            log.log_index, log.block_hash,
+                        )  # fmt: skip
+                        known[contract] = registration
+                        out.registrations.append(registration)
+                continue
+        out.dead_letters.append(
+            store.DeadLetter(
+                block_number=log.block_number,
+                block_hash=log.block_hash,
+                tx_hash=log.tx_hash,
+                log_index=log.log_index,
+                address=log.address,
+                topics=log.topics,
+                data=log.data,
+                reason=reason,
+            )
+        )
+    return out
+
+
+_ROLE_EVENT = {
+    EmitterRole.REGISTRY: EventType.MASTER_REGISTERED,
+    EmitterRole.MASTER: EventType.TRANSFER,
+    EmitterRole.DIVIDEND: EventType.DIVIDEND_DEPOSITED,
+    EmitterRole.COIN_FACTORY: EventType.ARTIST_COIN_DEPLOYED,
+}
+
+
+def _new_registration_targets(
+    logs: Iterable[Log], trust: Trust, registrations: dict[str, store.Registration]
+) -> dict[str, int]:
+    """Contracts registered in ``logs`` that are not known yet → block of registration."""
+    found: dict[str, int] = {}
+    topic = TOPIC0[EventType.MASTER_REGISTERED]
+    for log in logs:
+        if log.address != trust.registry or len(log.topics) != 3 or log.topics[0] != topic:
+            continue
+        try:
+            contract = str(decode(log, EventType.MASTER_REGISTERED).args["contractAddress"])
+        except DecodeError:
+            continue
+        if contract not in registrations and contract not in found:
+            found[contract] = log.block_number
+    return found
+
+
+# ---------------------------------------------------------------------------- validation
+def _inconsistent(rule: str, **values: Any) -> InconsistentResponseError:
+    return InconsistentResponseError(rule, values)
+
+
+def check_headers(numbers: Sequence[int], headers: Sequence[BlockHeader | None]) -> None:
+    for number, header in zip(numbers, headers, strict=True):
+        if header is None:
+            raise _inconsistent("null header", block=number)
+        if header.number != number:
+            raise _inconsistent("header number differs", asked=number, got=header.number)
+
+
+def check_linked(headers: Sequence[BlockHeader]) -> None:
+    """Consecutive headers must link by parent hash."""
+    for parent, child in itertools.pairwise(headers):
+        if child.number == parent.number + 1 and child.parent_hash != parent.hash:
+            raise _inconsistent(
+                "range does not link",
+                block=child.number,
+                parent_hash=child.parent_hash,
+                previous_hash=parent.hash,
+            )
+
+
+def check_logs(logs: Iterable[Log], first: int, last: int, headers: dict[int, BlockHeader]) -> None:
+    for log in logs:
+        if not first <= log.block_number <= last:
+            raise _inconsistent(
+                "log outside the asked range", block=log.block_number, range=(first, last)
+            )
+        if log.removed:
+            raise _inconsistent("removed log in a fresh answer", block=log.block_number)
+        header = headers.get(log.block_number)
+        if header is not None and header.hash != log.block_hash:
+            raise _inconsistent(
+                "log block hash differs from the header",
+                block=log.block_number,
+                log_block_hash=log.block_hash,
+                header_hash=header.hash,
+                log_index=log.log_index,
+            )
+
+
+def merge_logs(*groups: Iterable[Log]) -> list[Log]:
+    """Union of log lists, deduplicated by (block, log index), in chain order."""
+    by_position: dict[tuple[int, int], Log] = {}
+    for group in groups:
+        for log in group:
+            by_position.setdefault(log.position, log)
+    return [by_position[p] for p in sorted(by_position)]
+
+
+# ---------------------------------------------------------------------------- the engine
+class Syncer:
+    """Follows one chain into one database. Not thread-safe; one instance per process.
+
+    ``conn`` is an autocommit psycopg connection: every write happens inside an explicit
+    ``conn.transaction()`` of the step that makes it.
+    """
+
+    def __init__(
+        self,
+        source: ChainSource,
+        conn: store.Conn,
+        chain_id: int,
+        trust: Trust,
+        options: SyncOptions,
+        projector: Projector | None = None,
+        on_ignored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.conn = conn
+        self.chain_id = chain_id
+        self.trust = trust
+        self.options = options
+        self.projector = projector or Projector()
+        self._registrations: dict[str, store.Registration] | None = None
+        self._range = options.max_block_range
+        self.on_ignored = on_ignored
+
+    # -- setup -------------------------------------------------------------------------
+    def ensure_state(self) -> store.CursorState:
+        """Create the cursor row on first start (at the configured start block)."""
+        with self.conn.transaction():
+            return store.init_state(self.conn, self.chain_id, self.options.start_block)
+
+    def _known_registrations(self) -> dict[str, store.Registration]:
+        if self._registrations is None:
+            self._registrations = store.load_registrations(self.conn, self.chain_id)
+        return self._registrations
+
+    def forget_cache(self) -> None:
+        """Drop in-memory caches (after a rollback, a failed write, or a reconnect)."""
+        self._registrations = None
+
+    # -- the step ----------------------------------------------------------------------
+    def step(self) -> StepResult:
+        """One step. Returns a named outcome; raises RPC/DB errors for the caller to retry.
+
+        Reads the cursor, asks the node for its head, then either commits the next range,
+        rolls a fork back, or reports that there is nothing to do / the node is behind.
+        """
+        state = store.load_state(self.conn, self.chain_id) or self.ensure_state()
+        if state.halted:
+            return StepResult(Outcome.HALTED, reason=state.halt_reason or "halted")
+        head = self.source.head()
+        if state.indexed_block is not None and head < state.indexed_block:
+            return StepResult(
+                Outcome.NODE_BEHIND,
+                head=head,
+                reason=f"node head {head} is below the stored head {state.indexed_block}",
+            )
+        target = head - self.options.confirmations
+        first = state.next_block
+        if first > target:
+            return self._check_tip(state, head)
+        final = self._final_boundary(head)
+        try:
+            if first <= final:
+                return self._backfill(state, head, first, min(final, target))
+            return self._follow(state, head, first, target)
+        except _Reorg:
+            return self._handle_reorg(state, head)
+
+    def _final_boundary(self, head: int) -> int:
+        final = head - self.options.finality_depth
+        finalized = self.source.finalized()
+        if finalized is not None and finalized <= head:
+            final = max(final, finalized)
+        return final
+
+    def _check_tip(self, state: store.CursorState, head: int) -> StepResult:
+        """Nothing new: make sure the stored head is still the node's block at that height."""
+        if state.indexed_block is None or state.indexed_hash is None:
+            return StepResult(Outcome.CAUGHT_UP, head=head)
+        (header,) = self.source.headers([state.indexed_block])
+        if header is None:
+            return StepResult(
+                Outcome.NODE_BEHIND,
+                head=head,
+                reason=f"node has no header at the stored head {state.indexed_block}",
+            )
+        if header.hash != state.indexed_hash:
+            return self._handle_reorg(state, head)
+        return StepResult(Outcome.CAUGHT_UP, head=head, to_block=state.indexed_block)
+
+    def _filters(self, first: int, last: int) -> list[LogFilter]:
+        addresses = tuple(sorted({*self.trust.addresses, *self._known_registrations()}))
+        filters = [LogFilter(first, last, topic0=AUDIFI_TOPICS_ANY_EMITTER)]
+        if addresses:
+            filters.append(LogFilter(first, last, addresses=addresses))
+        return filters
+
+    def _backfill(self, state: store.CursorState, head: int, first: int, last: int) -> StepResult:
+        """Final blocks: one large range; headers of the range ends and of log blocks only."""
+        last = min(last, first + self._range - 1)
+        while True:
+            try:
+                groups, ends = self.source.fetch(self._filters(first, last), [first, last])
+                break
+            except RangeTooLargeError as exc:
+                last = self._narrow(first, last, exc)
+        numbers = [first, last] if last != first else [first]
+        check_headers(numbers, ends[: len(numbers)])
+        headers = {h.number: h for h in ends if h is not None}
+        self._check_link(state, headers[first])
+        logs = merge_logs(*groups)
+        missing = sorted({log.block_number for log in logs} - headers.keys())
+        if missing:
+            fetched = self.source.headers(missing)
+            check_headers(missing, fetched)
+            headers.update((h.number, h) for h in fetched if h is not None)
+        return self._commit(state, head, first, last, logs, headers, window=[headers[last]])
+
+    def _follow(self, state: store.CursorState, head: int, first: int, target: int) -> StepResult:
+        """Blocks inside the reorg window: every header fetched, linked and stored."""
+        last = min(target, first + self.options.near_head_range - 1)
+        while True:
+            numbers = list(range(first, last + 1))
+            try:
+                groups, fetched = self.source.fetch(self._filters(first, last), numbers)
+                break
+            except RangeTooLargeError as exc:
+                last = self._narrow(first, last, exc)
+        check_headers(numbers, fetched)
+        chain = [h for h in fetched if h is not None]
+        self._check_link(state, chain[0])
+        check_linked(chain)
+        headers = {h.number: h for h in chain}
+        logs = merge_logs(*groups)
+        return self._commit(state, head, first, last, logs, headers, window=chain)
+
+    def _narrow(self, first: int, last: int, exc: RangeTooLargeError) -> int:
+        """A smaller ``last`` after a "too many results" answer (the node's hint or half)."""
+        if last == first:
+            raise exc
+        hinted = exc.suggested[1] if exc.suggested else None
+        if hinted is not None and first <= hinted < last:
+            new_last = hinted
+        else:
+            new_last = first + (last - first) // 2
+        self._range = max(1, new_last - first + 1)
+        return new_last
+
+    def _check_link(self, state: store.CursorState, first_header: BlockHeader) -> None:
+        if state.indexed_hash is None or state.indexed_block is None:
+            return
+        if first_header.number == state.indexed_block + 1 and (
+            first_header.parent_hash != state.indexed_hash
+        ):
+            raise _Reorg()
+
+    def _extra_logs(self, logs: list[Log], last: int, headers: dict[int, BlockHeader]) -> list[Log]:
+        """Logs of contracts registered inside this range (unknown when it was fetched)."""
+        targets = _new_registration_targets(logs, self.trust, self._known_registrations())
+        if not targets:
+            return logs
+        since = min(targets.values())
+        (extra,), _ = self.source.fetch(
+            [LogFilter(since, last, addresses=tuple(sorted(targets)))], []
+        )
+        missing = sorted({log.block_number for log in extra} - headers.keys())
+        if missing:
+            fetched = self.source.headers(missing)
+            check_headers(missing, fetched)
+            headers.update((h.number, h) for h in fetched if h is not None)
+        check_logs(extra, since, last, headers)
+        return merge_logs(logs, extra)
+
+    def _commit(
+        self,
+        state: store.CursorState,
+        head: int,
+        first: int,
+        last: int,
+        logs: list[Log],
+        headers: dict[int, BlockHeader],
+        window: list[BlockHeader],
+    ) -> StepResult:
+        check_logs(logs, first, last, headers)
+        logs = self._extra_logs(logs, last, headers)
+        processed = process_logs(logs, headers, self.trust, self._known_registrations())
+        batch = store.Batch(
+            head=headers[last],
+            events=processed.events,
+            dead_letters=processed.dead_letters,
+            registrations=processed.registrations,
+            window=[h for h in window if h.number > head - self.options.finality_depth - 1],
+            ignored=processed.ignored,
+            other=processed.other,
+        )
+        try:
+            with self.conn.transaction():
+                self._recheck_cursor(state)
+                store.write_batch(
+                    self.conn,
+                    self.chain_id,
+                    batch,
+                    keep_blocks=self.options.finality_depth,
+                    outbox=self.options.outbox,
+                )
+                self.projector.apply(self.conn, self.chain_id, batch)
+        except BaseException:
+            self.forget_cache()
+            raise
+        known = self._known_registrations()
+        known.update((r.address, r) for r in processed.registrations)
+        counts: dict[str, int] = {}
+        for event in processed.events:
+            counts[event.event_type] = counts.get(event.event_type, 0) + 1
+        return StepResult(
+            Outcome.PROGRESSED,
+            head=head,
+            from_block=first,
+            to_block=last,
+            to_hash=headers[last].hash,
+            events=len(processed.events),
+            dead_letters=len(processed.dead_letters),
+            ignored=processed.ignored,
+            registrations=len(processed.registrations),
+            event_counts=counts,
+        )
+
+    def _recheck_cursor(self, planned: store.CursorState) -> None:
+        current = store.lock_state(self.conn, self.chain_id)
+        if current is None or current.head_ref != planned.head_ref or current.halted:
+            raise CursorMovedError(
+                f"the cursor moved while this step was planned (planned "
+                f"{planned.head_ref}, found {current.head_ref if current else None}); "
+                "another writer or an operator changed it — the step is retried"
+            )
+
+    # -- forks -------------------------------------------------------------------------
+    def _handle_reorg(self, state: store.CursorState, head: int) -> StepResult:
+        window = store.load_window(self.conn, self.chain_id)
+        numbers = [b.number for b in window]
+        canonical = self.source.headers(numbers) if numbers else []
+        by_number = {
+            n: (h.hash if h is not None else None) for n, h in zip(numbers, canonical, strict=True)
+        }
+        try:
+            ancestor = find_common_ancestor(window, by_number)
+        except NodeMissingBlocksError as exc:
+            return StepResult(Outcome.NODE_BEHIND, head=head, reason=str(exc))
+        if ancestor is None:
+            lowest = min(numbers) if numbers else None
+            reason = (
+                f"reorg deeper than the window: the stored head {state.indexed_block} "
+                f"({state.indexed_hash}) is no longer canonical and no stored block down to "
+                f"{lowest} matches the node; finality depth {self.options.finality_depth}. "
+                "Indexing is halted; see docs/operations.md (audifi-indexer rewind)."
+            )
+            with self.conn.transaction():
+                self._recheck_cursor(state)
+                store.set_halt(self.conn, self.chain_id, reason)
+            return StepResult(Outcome.HALTED, head=head, reason=reason)
+        try:
+            with self.conn.transaction():
+                self._recheck_cursor(state)
+                store.rollback_to(
+                    self.conn,
+                    self.chain_id,
+                    ancestor,
+                    abandoned_hash=state.indexed_hash or "",
+                    outbox=self.options.outbox,
+                )
+                self.projector.rollback(self.conn, self.chain_id, ancestor.number)
+        finally:
+            self.forget_cache()
+        depth = (state.indexed_block or ancestor.number) - ancestor.number
+        return StepResult(
+            Outcome.REORG,
+            head=head,
+            reorg_depth=depth,
+            ancestor=ancestor.number,
+            to_block=ancestor.number,
+            to_hash=ancestor.hash,
+        )
+
+
+class CursorMovedError(Exception):
+    """The cursor changed between planning and committing a step; retry the step."""
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection for the engine (explicit transactions per step)."""
+    from indexer.db import libpq_url
+
+    return psycopg.connect(libpq_url(url), autocommit=True, application_name="audifi-indexer")
+
+
+__all__ = [
+    "BlockRef",
+    "CursorMovedError",
+    "Outcome",
+    "Projector",
+    "StepResult",
+    "SyncOptions",
+    "Syncer",
+    "Trust",
+    "connect",
+    "process_logs",
+]

@@ -1,0 +1,152 @@
+"""The engine end to end on a real anvil node: every event type, trust, discovery, reorgs.
+
+Each test drives its own anvil and database; after syncing, the stored event log must equal
+the oracle's event log of the canonical chain (tests/fixtures/truth.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from indexer import store
+from indexer.sync import Outcome
+from tests.fixtures.chains import deploy, mine_in_one_block, send_tx
+from tests.fixtures.indexing import Harness
+
+pytestmark = pytest.mark.anvil
+
+MakeHarness = Callable[..., Harness]
+
+
+def _types(rows: list[tuple[Any, ...]]) -> list[str]:
+    return [r[5] for r in rows]
+
+
+def test_every_event_type_end_to_end(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    alice, bob = h.node.accounts[1], h.node.accounts[2]
+    master_id, shares = h.new_master(mint_to=alice, count=3)
+    send_tx(h.w3, shares.functions.transferFrom(alice, bob, 2), sender=alice)
+    send_tx(h.w3, shares.functions.burn(3), sender=alice)
+    send_tx(h.w3, h.contracts.distributor.functions.deposit(master_id.bytes), value=10**18)
+    artist = uuid.uuid4()
+    send_tx(h.w3, h.contracts.factory.functions.deployCoin(artist.bytes, "Coin", "CN", 10**24))
+    h.node.mine(3)
+
+    results = h.sync()
+    assert results[-1].outcome is Outcome.CAUGHT_UP
+    stored = h.stored()
+    assert stored == h.expected()
+    assert _types(stored) == [
+        "MasterRegistered", "Transfer", "Transfer", "Transfer", "Transfer", "Transfer",
+        "DividendDeposited", "ArtistCoinDeployed",
+    ]  # fmt: skip
+    registered = stored[0][6]
+    assert registered == {"masterId": str(master_id), "contractAddress": shares.address.lower()}
+    burn = stored[5][6]
+    assert burn == {"from": alice.lower(), "to": "0x" + "00" * 20, "tokenId": "3"}
+    assert stored[6][6] == {"masterId": str(master_id), "amount": str(10**18)}
+    state = h.state()
+    assert state.indexed_block == h.head()
+    assert state.indexed_hash == h.w3.eth.get_block(h.head())["hash"].to_0x_hex()
+
+
+def test_spoofed_events_are_ignored_and_counted(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    forger = deploy(h.w3, "EventForger")
+    master_id = uuid.uuid4()
+    from indexer.decode import TOPIC0, EventType
+
+    word = "0x" + master_id.bytes.hex() + "00" * 16
+    addr_word = "0x" + "00" * 12 + forger.address.lower()[2:]
+    for event, topics, data in (
+        (EventType.MASTER_REGISTERED, [word, addr_word], b""),
+        (EventType.DIVIDEND_DEPOSITED, [word], (5).to_bytes(32, "big")),
+        (EventType.ARTIST_COIN_DEPLOYED, [word, addr_word], b""),
+    ):
+        all_topics = [bytes.fromhex(t[2:]) for t in [TOPIC0[event], *topics]]
+        send_tx(h.w3, forger.functions.emitRaw(all_topics, data))
+    h.sync()
+    assert h.stored() == [] == h.expected()
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 3
+    counts = store.counts(h.conn, h.chain_id)
+    assert counts["dead_letters"] == 0 and counts["contracts"] == 0
+
+
+def test_registration_and_mints_in_the_same_block(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    master_id = uuid.uuid4()
+    registry = h.contracts.registry
+    receipt = send_tx(
+        h.w3,
+        registry.functions.deployMasterAndMint(master_id.bytes, "M", "M", h.node.accounts[1], 1, 4),
+    )
+    h.sync()
+    stored = h.stored()
+    assert stored == h.expected()
+    assert {r[0] for r in stored} == {receipt["blockNumber"]}
+    assert _types(stored) == ["MasterRegistered"] + ["Transfer"] * 4
+
+
+def test_erc20_transfer_never_mistaken_for_erc721(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    # A coin's ERC-20 Transfer (3 topics) comes from an untrusted address: never fetched.
+    artist = uuid.uuid4()
+    send_tx(h.w3, h.contracts.factory.functions.deployCoin(artist.bytes, "C", "C", 10**20))
+    # A registered contract that emits an ERC-20-shaped Transfer: dead letter, not a share.
+    forger = deploy(h.w3, "EventForger")
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, forger.address))
+    from indexer.decode import TOPIC0, EventType
+
+    t0 = bytes.fromhex(TOPIC0[EventType.TRANSFER][2:])
+    from_word = bytes(12) + bytes.fromhex(h.node.accounts[1][2:])
+    to_word = bytes(12) + bytes.fromhex(h.node.accounts[2][2:])
+    send_tx(h.w3, forger.functions.emitRaw([t0, from_word, to_word], (7).to_bytes(32, "big")))
+    h.sync()
+    stored = h.stored()
+    assert stored == h.expected()
+    assert _types(stored) == ["ArtistCoinDeployed", "MasterRegistered"]
+    letters = h.conn.execute("SELECT reason, topics FROM indexer_dead_letters").fetchall()
+    assert len(letters) == 1
+    assert "Transfer with 3 topics, expected 4" in letters[0][0]
+
+
+def test_backfill_then_live_hand_over(make_harness: MakeHarness) -> None:
+    h = make_harness(max_block_range=7)
+    for _ in range(5):
+        h.new_master(count=2)
+        h.node.mine(6)
+    results = h.sync()
+    modes = {r.outcome for r in results}
+    assert Outcome.PROGRESSED in modes
+    assert h.stored() == h.expected()
+    # Live: more blocks one by one.
+    for _ in range(4):
+        h.new_master(count=1)
+        h.sync()
+        assert h.stored() == h.expected()
+    window = store.load_window(h.conn, h.chain_id)
+    assert window[0].number == h.head()
+    assert len(window) <= h.options.finality_depth + 1
+
+
+def test_mined_in_one_block_several_transactions(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    master_id, shares = h.new_master()
+    alice = h.node.accounts[1]
+    mine_in_one_block(
+        h.w3,
+        [
+            shares.functions.mint(alice, 10),
+            h.contracts.distributor.functions.record(master_id.bytes, 2**256 - 1),
+            shares.functions.mint(alice, 11),
+        ],
+    )
+    h.sync()
+    stored = h.stored()
+    assert stored == h.expected()
+    assert [r[6].get("amount") for r in stored if r[5] == "DividendDeposited"] == [str(2**256 - 1)]
