@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from web3.logs import DISCARD
 
 from indexer import store
 from indexer.sync import Outcome
@@ -150,3 +151,53 @@ def test_mined_in_one_block_several_transactions(make_harness: MakeHarness) -> N
     stored = h.stored()
     assert stored == h.expected()
     assert [r[6].get("amount") for r in stored if r[5] == "DividendDeposited"] == [str(2**256 - 1)]
+
+
+@pytest.mark.parametrize("chain", ["eth_tester"], indirect=True)
+def test_same_engine_on_eth_tester(chain: Any, database_url: str) -> None:
+    """The in-process eth-tester chain through web3: several transactions in one block (its
+    per-transaction logIndex is renumbered block-wide by the source)."""
+    from indexer.chain.web3_source import Web3ChainSource
+    from indexer.sync import SyncOptions, Syncer, Trust, connect
+    from tests.fixtures.chains import deploy_audifi
+    from tests.fixtures.truth import TrustedSet, canonical_event_log
+
+    w3 = chain.w3
+    c = deploy_audifi(w3)
+    alice = chain.accounts[1]
+    master_id = uuid.uuid4()
+    receipt = send_tx(
+        w3, c.registry.functions.deployMasterAndMint(master_id.bytes, "M", "M", alice, 1, 3)
+    )
+    shares = c.shares(
+        c.registry.events.MasterRegistered().process_receipt(receipt, errors=DISCARD)[0]["args"][
+            "contractAddress"
+        ]
+    )
+    mine_in_one_block(
+        w3,
+        [
+            shares.functions.mint(alice, 10),
+            c.distributor.functions.record(master_id.bytes, 5),
+            (shares.functions.transferFrom(alice, chain.accounts[2], 10), alice),
+        ],
+    )
+    trust = Trust(
+        registry=c.registry.address.lower(),
+        dividends=frozenset({c.distributor.address.lower()}),
+        coin_factory=c.factory.address.lower(),
+    )
+    with connect(database_url) as conn:
+        syncer = Syncer(Web3ChainSource(w3), conn, int(w3.eth.chain_id), trust, SyncOptions())
+        while syncer.step().outcome is not Outcome.CAUGHT_UP:
+            pass
+        stored = [tuple(r) for r in store.event_log(conn, int(w3.eth.chain_id))]
+    trusted = TrustedSet(c.registry.address, (c.distributor.address,), c.factory.address)
+    expected = canonical_event_log(w3, trusted, 0, int(w3.eth.block_number))
+    assert stored == expected
+    assert [r[5] for r in stored] == ["MasterRegistered"] + ["Transfer"] * 4 + [
+        "DividendDeposited",
+        "Transfer",
+    ]
+    last_block = [r for r in stored if r[0] == stored[-1][0]]
+    assert [r[3] for r in last_block] == sorted({r[3] for r in last_block})  # distinct indexes

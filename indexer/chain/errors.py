@@ -46,10 +46,12 @@ __all__ = [
     "RateLimitedError",
     "RpcError",
     "TransientRpcError",
+    "classify_http_status",
     "classify_rpc_error",
     "is_unknown_tag_error",
     "mask_endpoint",
     "parse_retry_after",
+    "parse_suggested_range",
 ]
 
 MASK = "***"

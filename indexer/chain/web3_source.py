@@ -21,6 +21,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -89,15 +91,6 @@ def _to_header(block: Mapping[str, Any]) -> BlockHeader:
     )
 
 
-def _filter_params(log_filter: LogFilter) -> dict[str, Any]:
-    params: dict[str, Any] = {"fromBlock": log_filter.from_block, "toBlock": log_filter.to_block}
-    if log_filter.addresses:
-        params["address"] = [Web3.to_checksum_address(a) for a in log_filter.addresses]
-    if log_filter.topic0:
-        params["topics"] = [list(log_filter.topic0)]
-    return params
-
-
 class Web3ChainSource:
     """:class:`~indexer.chain.source.ChainSource` through a caller-owned web3 instance."""
 
@@ -149,9 +142,32 @@ class Web3ChainSource:
     # ---------------------------------------------------------------- helpers
 
     def _logs(self, log_filter: LogFilter) -> list[Log]:
-        params: Any = _filter_params(log_filter)
+        """Logs of the filter with JSON-RPC's block-wide ``logIndex``.
+
+        eth-tester restarts ``logIndex`` at 0 in every transaction, so (block, log index) would
+        not identify a log. This source therefore reads *every* log of the range, numbers them
+        across each block in chain order (transaction index, then index within it) — as
+        JSON-RPC nodes do — and applies the filter's addresses and topic0 itself.
+        """
+        params: Any = {"fromBlock": log_filter.from_block, "toBlock": log_filter.to_block}
         entries = self._guarded("eth_getLogs", lambda: self._w3.eth.get_logs(params))
-        return [_to_log(entry) for entry in entries]
+        ordered = sorted(
+            (_to_log(entry) for entry in entries),
+            key=lambda log: (log.block_number, log.tx_index, log.log_index),
+        )
+        addresses = set(log_filter.addresses)
+        topics = set(log_filter.topic0)
+        out: list[Log] = []
+        block, index = -1, 0
+        for log in ordered:
+            index = index + 1 if log.block_number == block else 0
+            block = log.block_number
+            if addresses and log.address not in addresses:
+                continue
+            if topics and (not log.topics or log.topics[0] not in topics):
+                continue
+            out.append(dataclasses.replace(log, log_index=index))
+        return out
 
     def _header(self, block_id: Any) -> BlockHeader | None:
         """Header by number (int), tag or hash (str); None when the node has no such block."""
