@@ -158,7 +158,7 @@ def test_same_engine_on_eth_tester(chain: Any, database_url: str) -> None:
     """The in-process eth-tester chain through web3: several transactions in one block (its
     per-transaction logIndex is renumbered block-wide by the source)."""
     from indexer.chain.web3_source import Web3ChainSource
-    from indexer.sync import SyncOptions, Syncer, Trust, connect
+    from indexer.sync import Syncer, SyncOptions, Trust, connect
     from tests.fixtures.chains import deploy_audifi
     from tests.fixtures.truth import TrustedSet, canonical_event_log
 
