@@ -288,6 +288,8 @@ class Daemon:
                 self._record(result)
                 if result.outcome in (Outcome.PROGRESSED, Outcome.REORG):
                     continue
+                if result.outcome is not Outcome.HALTED:
+                    self._reconcile(syncer)
                 self._wait(settings.poll_interval)
         finally:
             syncer.conn.close()
@@ -295,6 +297,17 @@ class Daemon:
                 self._lock_conn.close()
         log.info("stopped", chain_id=chain_id, indexed_block=self.status.indexed_block)
         return 0
+
+    def _reconcile(self, syncer: Syncer) -> None:
+        """Pending events whose rows appeared, and owners of newly linked wallets: applied
+        once per poll, so within one poll interval even when no block arrives."""
+        try:
+            applied = syncer.reconcile()
+        except psycopg.Error as exc:
+            log.warning("reconcile_failed", error=str(exc)[:300])
+            return
+        if applied:
+            log.info("pending_applied", events=applied)
 
     def _halted_forever(self, reason: str) -> int:
         self.status.halted = True

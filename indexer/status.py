@@ -9,6 +9,7 @@ from indexer.chain.errors import RpcError
 from indexer.chain.http_source import HttpChainSource
 from indexer.config import Settings
 from indexer.errors import IndexerError
+from indexer.projections import pending_count
 from indexer.sync import connect
 
 
@@ -53,6 +54,7 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
             if chain is not None
             else None
         )
+        pending = pending_count(conn, chain) if chain is not None else 0
         ignored_row = (
             conn.execute(
                 "SELECT ignored_logs FROM indexer_state WHERE chain_id = %s", (chain,)
@@ -69,7 +71,7 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         "lag_blocks": (head - indexed) if head is not None and indexed is not None else None,
         "halted": bool(state.halted) if state else False,
         "halt_reason": state.halt_reason if state else None,
-        "pending": 0,
+        "pending": pending,
         "dead_letters": counts.get("dead_letters", 0),
         "ignored_logs": int(ignored_row[0]) if ignored_row else 0,
         "events": counts.get("events", 0),

@@ -72,6 +72,8 @@ class EventRow:
     event_type: str
     args: dict[str, str]
     """JSON-safe decoded values (see :func:`indexer.decode.args_to_json`)."""
+    context: dict[str, Any] | None = None
+    """Chain reads made for this event at its block (artist coin metadata)."""
 
     @property
     def message_id(self) -> str:
@@ -99,6 +101,8 @@ class Batch:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     window: list[BlockHeader] = field(default_factory=list)
+    applied: set[tuple[int, int]] = field(default_factory=set)
+    """Positions of the events the projections applied (the others are pending)."""
     ignored: int = 0
     """Logs from untrusted emitters or from before a registration: counted, never stored."""
     other: int = 0
@@ -213,14 +217,17 @@ def write_batch(
     if batch.events:
         with conn.cursor().copy(
             "COPY indexer_events (chain_id, block_number, block_hash, block_time, tx_hash, "
-            "tx_index, log_index, address, event_type, args) FROM STDIN"
+            "tx_index, log_index, address, event_type, args, context, applied) FROM STDIN"
         ) as copy:
+            applied = batch.applied
             for e in batch.events:
                 copy.write_row(
                     (
                         chain_id, e.block_number, e.block_hash, e.block_time, e.tx_hash,
                         e.tx_index, e.log_index, e.address, e.event_type,
                         orjson.dumps(e.args).decode(),
+                        None if e.context is None else orjson.dumps(e.context).decode(),
+                        (e.block_number, e.log_index) in applied,
                     )
                 )  # fmt: skip
     if batch.dead_letters:
@@ -286,7 +293,7 @@ def event_message(chain_id: int, event: EventRow) -> dict[str, Any]:
         "block_hash": event.block_hash,
         "tx_hash": event.tx_hash,
         "log_index": event.log_index,
-        "data": event.args,
+        "data": event.args if event.context is None else {**event.args, **event.context},
     }
 
 

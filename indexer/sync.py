@@ -135,14 +135,29 @@ class SyncOptions:
 class Projector:
     """Hook for tables derived from the event log, run in the batch's transaction.
 
-    The base class derives nothing; subclasses keep the AudiFi domain tables in step.
+    This base class derives nothing and so applies every event at once;
+    :class:`indexer.projections.AudifiProjector` keeps the AudiFi domain tables in step.
     """
 
     def apply(self, conn: store.Conn, chain_id: int, batch: store.Batch) -> None:
-        """Apply ``batch`` (already written to the event log)."""
+        """Apply ``batch`` (before it is written): record applied positions in
+        ``batch.applied``; the others are stored as pending."""
+        batch.applied.update((e.block_number, e.log_index) for e in batch.events)
 
     def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:
-        """Undo everything above block ``ancestor`` (already removed from the event log)."""
+        """Undo everything above block ``ancestor`` (called before the event log loses it)."""
+
+    def reconcile(self, conn: store.Conn, chain_id: int) -> int:
+        """Apply pending events whose rows now exist; refresh derived links. Returns the
+        number of events applied."""
+        return 0
+
+    def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
+        """Chain reads an event needs at its block, made before the transaction opens."""
+        return events
+
+    def forget(self) -> None:
+        """Drop in-memory caches (after a rollback or a failed transaction)."""
 
 
 class _Reorg(Exception):
@@ -330,7 +345,11 @@ class Syncer:
         self.chain_id = chain_id
         self.trust = trust
         self.options = options
-        self.projector = projector or Projector()
+        if projector is None:
+            from indexer.projections import AudifiProjector
+
+            projector = AudifiProjector()
+        self.projector = projector
         self._registrations: dict[str, store.Registration] | None = None
         self._range = options.max_block_range
         self.on_ignored = on_ignored
@@ -349,6 +368,7 @@ class Syncer:
     def forget_cache(self) -> None:
         """Drop in-memory caches (after a rollback, a failed write, or a reconnect)."""
         self._registrations = None
+        self.projector.forget()
 
     # -- the step ----------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -497,9 +517,10 @@ class Syncer:
         check_logs(logs, first, last, headers)
         logs = self._extra_logs(logs, last, headers)
         processed = process_logs(logs, headers, self.trust, self._known_registrations())
+        events = self.projector.enrich(self.source, processed.events)
         batch = store.Batch(
             head=headers[last],
-            events=processed.events,
+            events=events,
             dead_letters=processed.dead_letters,
             registrations=processed.registrations,
             window=[h for h in window if h.number > head - self.options.finality_depth - 1],
@@ -509,6 +530,7 @@ class Syncer:
         try:
             with self.conn.transaction():
                 self._recheck_cursor(state)
+                self.projector.apply(self.conn, self.chain_id, batch)
                 store.write_batch(
                     self.conn,
                     self.chain_id,
@@ -516,7 +538,6 @@ class Syncer:
                     keep_blocks=self.options.finality_depth,
                     outbox=self.options.outbox,
                 )
-                self.projector.apply(self.conn, self.chain_id, batch)
         except BaseException:
             self.forget_cache()
             raise
@@ -547,6 +568,12 @@ class Syncer:
                 "another writer or an operator changed it — the step is retried"
             )
 
+    def reconcile(self) -> int:
+        """Apply pending events whose master / artist row appeared, and re-link share owners
+        to users who linked a wallet (one transaction). Returns the events applied."""
+        with self.conn.transaction():
+            return self.projector.reconcile(self.conn, self.chain_id)
+
     # -- forks -------------------------------------------------------------------------
     def _handle_reorg(self, state: store.CursorState, head: int) -> StepResult:
         window = store.load_window(self.conn, self.chain_id)
@@ -574,6 +601,7 @@ class Syncer:
         try:
             with self.conn.transaction():
                 self._recheck_cursor(state)
+                self.projector.rollback(self.conn, self.chain_id, ancestor.number)
                 store.rollback_to(
                     self.conn,
                     self.chain_id,
@@ -581,7 +609,6 @@ class Syncer:
                     abandoned_hash=state.indexed_hash or "",
                     outbox=self.options.outbox,
                 )
-                self.projector.rollback(self.conn, self.chain_id, ancestor.number)
         finally:
             self.forget_cache()
         depth = (state.indexed_block or ancestor.number) - ancestor.number

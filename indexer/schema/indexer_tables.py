@@ -11,6 +11,7 @@ Guarantees these tables carry (enforced by the engine, see ``indexer/sync.py``):
   it is written in the same transaction as the data it covers.
 * ``indexer_contracts`` lists the master contracts the registry registered, with the position
   of the registering log: their Transfer logs are trusted from that position on.
+* ``indexer_snapshots`` keeps before-images of backend rows changed by events (undo on reorg).
 * ``indexer_dead_letters`` keeps logs from trusted emitters that failed to decode, raw.
 * ``indexer_outbox`` holds messages for the Redis stream, written with the data they describe
   and published after commit (at least once, in ``id`` order).
@@ -88,6 +89,11 @@ indexer_events = sa.Table(
     sa.Column("address", ADDRESS, nullable=False),
     sa.Column("event_type", sa.String(40), nullable=False),
     sa.Column("args", pg.JSONB, nullable=False),
+    # Chain reads made for the event at its block (an artist coin's name, symbol, supply), so
+    # projections can be rebuilt from the event log alone, without the node.
+    sa.Column("context", pg.JSONB),
+    # False while the event waits for its master / artist row (pending, SPEC §3).
+    sa.Column("applied", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint(
         "chain_id", "block_number", "log_index", name="indexer_events_chain_block_log_key"
     ),
@@ -97,6 +103,37 @@ sa.Index(
     indexer_events.c.chain_id,
     indexer_events.c.event_type,
     indexer_events.c.block_number,
+)
+sa.Index(
+    "idx_indexer_events_address_block",
+    indexer_events.c.chain_id,
+    indexer_events.c.address,
+    indexer_events.c.block_number,
+)
+sa.Index(
+    "idx_indexer_events_pending",
+    indexer_events.c.chain_id,
+    indexer_events.c.block_number,
+    indexer_events.c.log_index,
+    postgresql_where=sa.not_(indexer_events.c.applied),
+)
+
+# Before-images of backend-owned rows (masters, artist_coins) that an event changed, so a
+# reorg or a rebuild puts them back exactly as they were. ``before`` NULL: the indexer created
+# the row and undoing the event deletes it.
+indexer_snapshots = sa.Table(
+    "indexer_snapshots",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("chain_id", sa.BigInteger, nullable=False),
+    sa.Column("block_number", sa.BigInteger, nullable=False),
+    sa.Column("log_index", sa.Integer, nullable=False),
+    sa.Column("table_name", sa.String(40), nullable=False),
+    sa.Column("row_id", pg.UUID(as_uuid=True), nullable=False),
+    sa.Column("before", pg.JSONB),
+)
+sa.Index(
+    "idx_indexer_snapshots_block", indexer_snapshots.c.chain_id, indexer_snapshots.c.block_number
 )
 
 indexer_dead_letters = sa.Table(

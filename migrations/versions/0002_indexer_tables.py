@@ -25,6 +25,7 @@ TABLES = (
     "indexer_blocks",
     "indexer_contracts",
     "indexer_events",
+    "indexer_snapshots",
     "indexer_dead_letters",
     "indexer_outbox",
 )
@@ -94,6 +95,8 @@ def upgrade() -> None:
         sa.Column("address", sa.String(length=42), nullable=False),
         sa.Column("event_type", sa.String(length=40), nullable=False),
         sa.Column("args", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("context", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("applied", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint(
             "chain_id", "block_number", "log_index", name="indexer_events_chain_block_log_key"
@@ -103,6 +106,36 @@ def upgrade() -> None:
         "idx_indexer_events_type_block",
         "indexer_events",
         ["chain_id", "event_type", "block_number"],
+        unique=False,
+    )
+    op.create_index(
+        "idx_indexer_events_address_block",
+        "indexer_events",
+        ["chain_id", "address", "block_number"],
+        unique=False,
+    )
+    op.create_index(
+        "idx_indexer_events_pending",
+        "indexer_events",
+        ["chain_id", "block_number", "log_index"],
+        unique=False,
+        postgresql_where=sa.text("NOT applied"),
+    )
+    op.create_table(
+        "indexer_snapshots",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
+        sa.Column("chain_id", sa.BigInteger(), nullable=False),
+        sa.Column("block_number", sa.BigInteger(), nullable=False),
+        sa.Column("log_index", sa.Integer(), nullable=False),
+        sa.Column("table_name", sa.String(length=40), nullable=False),
+        sa.Column("row_id", sa.UUID(), nullable=False),
+        sa.Column("before", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(
+        "idx_indexer_snapshots_block",
+        "indexer_snapshots",
+        ["chain_id", "block_number"],
         unique=False,
     )
     op.create_table(

@@ -1,0 +1,548 @@
+"""The AudiFi domain tables, derived from the event log (SPEC §3), in the batch's transaction.
+
+Effects (SPEC §3, §8):
+
+* ``MasterRegistered`` → ``masters.contract_address``.
+* ERC-721 ``Transfer`` of a registered master contract → ``nft_shares``: a mint creates the
+  row with its Mover Advantage tier and royalty (the k-th accepted mint of the master, in chain
+  order, against the master's ``ipo_configs`` or the seed's defaults) and ``minted_at``; a
+  transfer sets ``owner_wallet``, ``owner_id`` and ``last_transfer``; a burn sets the owner to
+  NULL and ``last_transfer``. A burned share keeps its place in the order.
+* ``DividendDeposited`` → a ``dividend_events`` row.
+* ``ArtistCoinDeployed`` → ``artist_coins``: the chain wins for ``contract_address``,
+  ``deployed_at``, ``name``, ``symbol``, ``total_supply`` (read by ``eth_call`` at the event's
+  block, stored in the event's ``context``); where no row exists one is created.
+
+Guarantees:
+
+* **Pending, never lost.** An event whose master (or, for a coin without a row, whose artist
+  user) has no row yet is stored with ``applied = false`` and applied — in chain order, before
+  any later event — as soon as the row exists: at the next batch or the next poll
+  (:meth:`AudifiProjector.reconcile`), without a restart.
+* **Owners follow users.** ``owner_id`` is the user whose ``wallet_address`` matches
+  ``owner_wallet`` case-insensitively; ``reconcile`` re-links shares when a user links or
+  changes a wallet.
+* **Reorgs are exact.** :meth:`AudifiProjector.rollback` (called before the event log loses
+  the events above the ancestor) recomputes every share those events touched from the events
+  that remain, deletes their dividend rows, and puts backend rows (``masters``,
+  ``artist_coins``) back from the before-images in ``indexer_snapshots`` — a coin row the
+  indexer created disappears, a backend row gets its own values back. The result equals a fresh
+  index of the canonical chain; :func:`rebuild` re-derives everything from the event log and
+  ``tests/test_projections.py`` proves both equal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from indexer import store
+from indexer.chain.source import ChainSource
+from indexer.coins import read_coin
+from indexer.decode import EventType
+from indexer.sync import Projector
+
+ZERO_ADDRESS = "0x" + "00" * 20
+MASTERS_RESTORED = ("contract_address",)
+COINS_RESTORED = ("contract_address", "deployed_at", "name", "symbol", "total_supply")
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    """Mover Advantage: tier sizes and royalties (the seed's defaults unless configured)."""
+
+    tier1_count: int = 10
+    tier2_count: int = 40
+    tier3_count: int = 50
+    royalties: tuple[Decimal, Decimal, Decimal, Decimal] = (
+        Decimal("10.00"),
+        Decimal("5.00"),
+        Decimal("3.00"),
+        Decimal("1.00"),
+    )
+
+    def tier_of(self, ordinal: int) -> tuple[int, Decimal]:
+        """Tier and royalty of the ``ordinal``-th (1-based) mint of the master."""
+        bounds = (
+            self.tier1_count,
+            self.tier1_count + self.tier2_count,
+            self.tier1_count + self.tier2_count + self.tier3_count,
+        )
+        for tier, bound in enumerate(bounds, start=1):
+            if ordinal <= bound:
+                return tier, self.royalties[tier - 1]
+        return 4, self.royalties[3]
+
+
+DEFAULT_TIERS = TierConfig()
+
+
+@dataclass(slots=True)
+class _Event:
+    """An event as the projector needs it (from a batch or from the pending rows)."""
+
+    block_number: int
+    log_index: int
+    block_time: dt.datetime
+    block_hash: str
+    tx_hash: str
+    address: str
+    event_type: str
+    args: dict[str, Any]
+    context: dict[str, Any] | None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.block_number, self.log_index)
+
+
+@dataclass(slots=True)
+class _Share:
+    """The state of one share after the events of a pass."""
+
+    minted: bool = False
+    tier: int = 0
+    royalty: Decimal = Decimal(0)
+    minted_at: dt.datetime | None = None
+    owner: str | None = None
+    last_transfer: dt.datetime | None = None
+
+
+@dataclass(slots=True)
+class _Pass:
+    shares: dict[tuple[uuid.UUID, int], _Share] = field(default_factory=dict)
+    dividends: list[tuple[Any, ...]] = field(default_factory=list)
+    applied: list[tuple[int, int]] = field(default_factory=list)
+    wallets: set[str] = field(default_factory=set)
+
+
+def _from_row(row: store.EventRow) -> _Event:
+    return _Event(
+        row.block_number, row.log_index, row.block_time, row.block_hash, row.tx_hash,
+        row.address, row.event_type, row.args, row.context,
+    )  # fmt: skip
+
+
+class AudifiProjector(Projector):
+    def __init__(self) -> None:
+        self._mint_counts: dict[uuid.UUID, int] = {}
+
+    def forget(self) -> None:
+        """Drop caches (after a rollback or a failed transaction)."""
+        self._mint_counts.clear()
+
+    # -- chain reads before the transaction ------------------------------------------------
+    def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
+        out = []
+        for event in events:
+            if event.event_type == EventType.ARTIST_COIN_DEPLOYED.value:
+                info = read_coin(source, event.args["contractAddress"], event.block_hash)
+                event = dataclasses.replace(event, context=info.to_context())
+            out.append(event)
+        return out
+
+    # -- apply ------------------------------------------------------------------------------
+    def apply(self, conn: store.Conn, chain_id: int, batch: store.Batch) -> None:
+        try:
+            pending = _load_pending(conn, chain_id)
+            contracts = store.load_registrations(conn, chain_id)
+            contracts.update((r.address, r) for r in batch.registrations)
+            new = [_from_row(e) for e in batch.events]
+            applied = self._apply_events(conn, chain_id, [*pending, *new], contracts)
+        except BaseException:
+            self.forget()
+            raise
+        pending_positions = {e.position for e in pending}
+        _mark_applied(conn, chain_id, [p for p in applied if p in pending_positions])
+        batch.applied.update(p for p in applied if p not in pending_positions)
+
+    def reconcile(self, conn: store.Conn, chain_id: int) -> int:
+        try:
+            pending = _load_pending(conn, chain_id)
+            applied: list[tuple[int, int]] = []
+            if pending:
+                contracts = store.load_registrations(conn, chain_id)
+                applied = self._apply_events(conn, chain_id, pending, contracts)
+                _mark_applied(conn, chain_id, applied)
+            relink_owners(conn)
+        except BaseException:
+            self.forget()
+            raise
+        return len(applied)
+
+    def _apply_events(
+        self,
+        conn: store.Conn,
+        chain_id: int,
+        events: Sequence[_Event],
+        contracts: dict[str, store.Registration],
+    ) -> list[tuple[int, int]]:
+        """Apply ``events`` (chain order) whose rows exist; return their positions."""
+        if not events:
+            return []
+        masters = _existing(conn, "masters", {_master_of(e, contracts) for e in events})
+        work = _Pass()
+        tiers: dict[uuid.UUID, TierConfig] = {}
+        blocked_masters: set[uuid.UUID] = set()
+        for event in events:
+            kind = event.event_type
+            if kind == EventType.ARTIST_COIN_DEPLOYED.value:
+                if _apply_coin(conn, chain_id, event):
+                    work.applied.append(event.position)
+                continue
+            master = _master_of(event, contracts)
+            if master is None or master not in masters or master in blocked_masters:
+                if master is not None:
+                    blocked_masters.add(master)  # later events of it wait too (order)
+                continue
+            if kind == EventType.MASTER_REGISTERED.value:
+                _snapshot(conn, chain_id, event, "masters", master)
+                conn.execute(
+                    "UPDATE masters SET contract_address = %s WHERE id = %s",
+                    (event.args["contractAddress"], master),
+                )
+            elif kind == EventType.DIVIDEND_DEPOSITED.value:
+                work.dividends.append(
+                    (master, int(event.args["amount"]), event.address, event.block_number,
+                     event.block_hash, event.block_time, event.tx_hash, event.log_index)
+                )  # fmt: skip
+            elif kind == EventType.TRANSFER.value:
+                self._transfer(conn, event, master, work, tiers)
+            work.applied.append(event.position)
+        _write_shares(conn, work)
+        if work.dividends:
+            conn.cursor().executemany(
+                "INSERT INTO dividend_events (master_id, amount, contract_address, block_number, "
+                "block_hash, block_time, tx_hash, log_index) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                work.dividends,
+            )
+        return work.applied
+
+    def _transfer(
+        self,
+        conn: store.Conn,
+        event: _Event,
+        master: uuid.UUID,
+        work: _Pass,
+        tiers: dict[uuid.UUID, TierConfig],
+    ) -> None:
+        token = int(event.args["tokenId"])
+        sender, receiver = event.args["from"], event.args["to"]
+        share = work.shares.setdefault((master, token), _Share())
+        owner = None if receiver == ZERO_ADDRESS else receiver
+        if sender == ZERO_ADDRESS:
+            if master not in self._mint_counts:
+                self._mint_counts[master] = _applied_mints(conn, master)
+            self._mint_counts[master] += 1
+            if master not in tiers:
+                tiers[master] = _tier_config(conn, master)
+            tier, royalty = tiers[master].tier_of(self._mint_counts[master])
+            share.minted, share.tier, share.royalty = True, tier, royalty
+            share.minted_at, share.owner, share.last_transfer = event.block_time, owner, None
+        else:
+            share.owner, share.last_transfer = owner, event.block_time
+        if owner:
+            work.wallets.add(owner)
+
+    # -- rollback ---------------------------------------------------------------------------
+    def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:
+        self.forget()
+        touched = conn.execute(
+            "SELECT DISTINCT c.master_id, (e.args->>'tokenId')::numeric FROM indexer_events e "
+            "JOIN indexer_contracts c ON c.chain_id = e.chain_id AND c.address = e.address "
+            "WHERE e.chain_id = %s AND e.block_number > %s AND e.event_type = 'Transfer' "
+            "AND e.applied",
+            (chain_id, ancestor),
+        ).fetchall()
+        conn.execute(
+            "DELETE FROM dividend_events d USING indexer_events e WHERE e.chain_id = %s "
+            "AND e.block_number > %s AND e.event_type = 'DividendDeposited' "
+            "AND d.tx_hash = e.tx_hash AND d.log_index = e.log_index",
+            (chain_id, ancestor),
+        )
+        restore_snapshots(conn, chain_id, above=ancestor)
+        for master, token in touched:
+            recompute_share(conn, chain_id, master, int(token), up_to=ancestor)
+
+
+# ------------------------------------------------------------------------------- helpers
+def _master_of(event: _Event, contracts: dict[str, store.Registration]) -> uuid.UUID | None:
+    if event.event_type == EventType.TRANSFER.value:
+        registration = contracts.get(event.address)
+        return registration.master_id if registration else None
+    if event.event_type == EventType.ARTIST_COIN_DEPLOYED.value:
+        return None
+    return uuid.UUID(event.args["masterId"])
+
+
+def _existing(conn: store.Conn, table: str, ids: Iterable[uuid.UUID | None]) -> set[uuid.UUID]:
+    wanted = [i for i in ids if i is not None]
+    if not wanted:
+        return set()
+    rows = conn.execute(f"SELECT id FROM {table} WHERE id = ANY(%s)", (wanted,)).fetchall()
+    return {r[0] for r in rows}
+
+
+def _load_pending(conn: store.Conn, chain_id: int) -> list[_Event]:
+    rows = conn.execute(
+        "SELECT block_number, log_index, block_time, block_hash, tx_hash, address, event_type, "
+        "args, context FROM indexer_events WHERE chain_id = %s AND NOT applied "
+        "ORDER BY block_number, log_index",
+        (chain_id,),
+    ).fetchall()
+    return [_Event(*row) for row in rows]
+
+
+def _mark_applied(conn: store.Conn, chain_id: int, positions: Sequence[tuple[int, int]]) -> None:
+    if not positions:
+        return
+    conn.execute(
+        "UPDATE indexer_events e SET applied = true FROM unnest(%s::bigint[], %s::int[]) "
+        "AS p(block_number, log_index) WHERE e.chain_id = %s "
+        "AND e.block_number = p.block_number AND e.log_index = p.log_index",
+        ([p[0] for p in positions], [p[1] for p in positions], chain_id),
+    )
+
+
+def pending_count(conn: store.Conn, chain_id: int) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM indexer_events WHERE chain_id = %s AND NOT applied", (chain_id,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _applied_mints(
+    conn: store.Conn, master: uuid.UUID, up_to: tuple[int, int] | None = None
+) -> int:
+    """Accepted, applied mints of ``master`` (up to and including ``up_to``, if given)."""
+    sql = (
+        "SELECT count(*) FROM indexer_events e JOIN indexer_contracts c "
+        "ON c.chain_id = e.chain_id AND c.address = e.address "
+        "WHERE c.master_id = %s AND e.applied AND e.event_type = 'Transfer' "
+        "AND e.args->>'from' = %s"
+    )
+    params: list[Any] = [master, ZERO_ADDRESS]
+    if up_to is not None:
+        sql += " AND (e.block_number, e.log_index) <= (%s, %s)"
+        params += list(up_to)
+    row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _tier_config(conn: store.Conn, master: uuid.UUID) -> TierConfig:
+    row = conn.execute(
+        "SELECT tier1_count, tier2_count, tier3_count, tier1_royalty, tier2_royalty, "
+        "tier3_royalty, tier4_royalty FROM ipo_configs WHERE master_id = %s",
+        (master,),
+    ).fetchone()
+    if row is None:
+        return DEFAULT_TIERS
+    d = DEFAULT_TIERS
+    return TierConfig(
+        tier1_count=d.tier1_count if row[0] is None else int(row[0]),
+        tier2_count=d.tier2_count if row[1] is None else int(row[1]),
+        tier3_count=d.tier3_count if row[2] is None else int(row[2]),
+        royalties=tuple(  # type: ignore[arg-type]
+            d.royalties[i] if row[3 + i] is None else Decimal(row[3 + i]) for i in range(4)
+        ),
+    )
+
+
+def _user_ids(conn: store.Conn, wallets: Iterable[str]) -> dict[str, uuid.UUID]:
+    wanted = sorted(set(wallets))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        "SELECT DISTINCT ON (lower(wallet_address)) lower(wallet_address), id FROM users "
+        "WHERE lower(wallet_address) = ANY(%s) ORDER BY lower(wallet_address), created_at, id",
+        (wanted,),
+    ).fetchall()
+    return {r[0]: r[1] for r in rows}
+
+
+_UPSERT_SHARE = (
+    "INSERT INTO nft_shares (master_id, token_id, owner_id, owner_wallet, tier, royalty_percent,"
+    " minted_at, last_transfer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (master_id, token_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, "
+    "owner_wallet = EXCLUDED.owner_wallet, tier = EXCLUDED.tier, "
+    "royalty_percent = EXCLUDED.royalty_percent, minted_at = EXCLUDED.minted_at, "
+    "last_transfer = EXCLUDED.last_transfer"
+)
+
+
+def _write_shares(conn: store.Conn, work: _Pass) -> None:
+    if not work.shares:
+        return
+    users = _user_ids(conn, work.wallets)
+    minted, moved = [], []
+    for (master, token), s in work.shares.items():
+        owner_id = users.get(s.owner) if s.owner else None
+        if s.minted:
+            minted.append(
+                (master, token, owner_id, s.owner, s.tier, s.royalty, s.minted_at, s.last_transfer)
+            )
+        else:
+            moved.append((owner_id, s.owner, s.last_transfer, master, token))
+    cur = conn.cursor()
+    if minted:
+        cur.executemany(_UPSERT_SHARE, minted)
+    if moved:
+        cur.executemany(
+            "UPDATE nft_shares SET owner_id = %s, owner_wallet = %s, last_transfer = %s "
+            "WHERE master_id = %s AND token_id = %s",
+            moved,
+        )
+
+
+def relink_owners(conn: store.Conn) -> None:
+    """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively)."""
+    conn.execute(
+        "UPDATE nft_shares s SET owner_id = u.id FROM ("
+        "  SELECT DISTINCT ON (lower(wallet_address)) lower(wallet_address) AS wallet, id"
+        "  FROM users WHERE wallet_address IS NOT NULL"
+        "  ORDER BY lower(wallet_address), created_at, id) u "
+        "WHERE s.owner_wallet = u.wallet AND s.owner_id IS DISTINCT FROM u.id"
+    )
+    conn.execute(
+        "UPDATE nft_shares s SET owner_id = NULL WHERE s.owner_id IS NOT NULL AND NOT EXISTS ("
+        "SELECT 1 FROM users u WHERE u.id = s.owner_id "
+        "AND lower(u.wallet_address) = s.owner_wallet)"
+    )
+
+
+# ----------------------------------------------------------------------- coins & snapshots
+def _snapshot(
+    conn: store.Conn, chain_id: int, event: _Event, table: str, row_id: uuid.UUID | None
+) -> None:
+    """Keep the before-image of a backend row (NULL ``before``: the row is created now)."""
+    if row_id is None:
+        return
+    conn.execute(
+        f"INSERT INTO indexer_snapshots (chain_id, block_number, log_index, table_name, row_id, "
+        f"before) SELECT %s, %s, %s, %s, %s, (SELECT to_jsonb(t) FROM {table} t WHERE t.id = %s)",
+        (chain_id, event.block_number, event.log_index, table, row_id, row_id),
+    )
+
+
+def _apply_coin(conn: store.Conn, chain_id: int, event: _Event) -> bool:
+    """Apply an ``ArtistCoinDeployed``; False when it must wait (no coin row, no artist)."""
+    artist = uuid.UUID(event.args["artistId"])
+    coin = (event.context or {}).get("coin") or {}
+    values = (
+        event.args["contractAddress"],
+        event.block_time,
+        coin.get("name", ""),
+        coin.get("symbol", ""),
+        coin.get("totalSupply", "0"),
+    )
+    row = conn.execute("SELECT id FROM artist_coins WHERE artist_id = %s", (artist,)).fetchone()
+    if row is not None:
+        _snapshot(conn, chain_id, event, "artist_coins", row[0])
+        # Another coin row may hold this address (a redeploy to the same address cannot
+        # happen; a stale row after a reorg can): the unique key must not block the chain.
+        conn.execute(
+            "UPDATE artist_coins SET contract_address = %s, deployed_at = %s, name = %s, "
+            "symbol = %s, total_supply = %s WHERE id = %s",
+            (*values, row[0]),
+        )
+        return True
+    if not _existing(conn, "users", [artist]):
+        return False
+    created = conn.execute(
+        "INSERT INTO artist_coins (artist_id, contract_address, deployed_at, name, symbol, "
+        "total_supply) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (artist, *values),
+    ).fetchone()
+    assert created is not None
+    conn.execute(
+        "INSERT INTO indexer_snapshots (chain_id, block_number, log_index, table_name, row_id, "
+        "before) VALUES (%s, %s, %s, 'artist_coins', %s, NULL)",
+        (chain_id, event.block_number, event.log_index, created[0]),
+    )
+    return True
+
+
+def restore_snapshots(conn: store.Conn, chain_id: int, above: int) -> None:
+    """Undo, newest first, the backend-row changes of events above block ``above``."""
+    rows = conn.execute(
+        "SELECT id, table_name, row_id, before FROM indexer_snapshots WHERE chain_id = %s "
+        "AND block_number > %s ORDER BY block_number DESC, log_index DESC, id DESC",
+        (chain_id, above),
+    ).fetchall()
+    for _, table, row_id, before in rows:
+        columns = MASTERS_RESTORED if table == "masters" else COINS_RESTORED
+        if before is None:
+            conn.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
+            continue
+        assignments = ", ".join(f"{c} = r.{c}" for c in columns)
+        conn.execute(
+            f"UPDATE {table} t SET {assignments} FROM jsonb_populate_record(NULL::{table}, %s) r"
+            " WHERE t.id = %s",
+            (orjson.dumps(before).decode(), row_id),
+        )
+    conn.execute(
+        "DELETE FROM indexer_snapshots WHERE chain_id = %s AND block_number > %s",
+        (chain_id, above),
+    )
+
+
+def recompute_share(
+    conn: store.Conn, chain_id: int, master: uuid.UUID, token: int, up_to: int
+) -> None:
+    """Re-derive one share from the applied events up to block ``up_to`` (after a reorg)."""
+    rows = conn.execute(
+        "SELECT e.block_number, e.log_index, e.block_time, e.args->>'from', e.args->>'to' "
+        "FROM indexer_events e JOIN indexer_contracts c "
+        "ON c.chain_id = e.chain_id AND c.address = e.address "
+        "WHERE e.chain_id = %s AND c.master_id = %s AND e.event_type = 'Transfer' AND e.applied "
+        "AND e.args->>'tokenId' = %s AND e.block_number <= %s "
+        "ORDER BY e.block_number, e.log_index",
+        (chain_id, master, str(token), up_to),
+    ).fetchall()
+    mints = [i for i, r in enumerate(rows) if r[3] == ZERO_ADDRESS]
+    if not mints:
+        conn.execute(
+            "DELETE FROM nft_shares WHERE master_id = %s AND token_id = %s", (master, token)
+        )
+        return
+    start = mints[-1]
+    block, log_index, minted_at, _, receiver = rows[start]
+    ordinal = _applied_mints(conn, master, up_to=(block, log_index))
+    tier, royalty = _tier_config(conn, master).tier_of(ordinal)
+    owner = None if receiver == ZERO_ADDRESS else receiver
+    last_transfer = None
+    for _, _, time, _, to in rows[start + 1 :]:
+        owner = None if to == ZERO_ADDRESS else to
+        last_transfer = time
+    owner_id = _user_ids(conn, [owner]).get(owner) if owner else None
+    conn.execute(
+        _UPSERT_SHARE, (master, token, owner_id, owner, tier, royalty, minted_at, last_transfer)
+    )
+
+
+def rebuild(conn: store.Conn, chain_id: int) -> int:
+    """Re-derive every AudiFi table the indexer writes from the event log (caller's
+    transaction). Backend rows get their own values back first, then every event is applied
+    again in chain order. Returns the number of events applied."""
+    restore_snapshots(conn, chain_id, above=-1)
+    conn.execute(
+        "DELETE FROM nft_shares WHERE master_id IN "
+        "(SELECT master_id FROM indexer_contracts WHERE chain_id = %s)",
+        (chain_id,),
+    )
+    conn.execute(
+        "DELETE FROM dividend_events d USING indexer_events e WHERE e.chain_id = %s "
+        "AND e.event_type = 'DividendDeposited' AND d.tx_hash = e.tx_hash "
+        "AND d.log_index = e.log_index",
+        (chain_id,),
+    )
+    conn.execute("UPDATE indexer_events SET applied = false WHERE chain_id = %s", (chain_id,))
+    return AudifiProjector().reconcile(conn, chain_id)

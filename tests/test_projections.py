@@ -1,0 +1,354 @@
+"""The AudiFi tables on a real anvil node: Mover Advantage, transfers, burns, dividends, coins,
+pending rows, wallets linked later, reorgs, and rebuild == incremental == fresh index."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from eth_abi import encode
+from web3.logs import DISCARD
+
+from indexer import projections, store
+from indexer.decode import TOPIC0, EventType
+from indexer.sync import Syncer, Trust, connect
+from tests.fixtures.chains import deploy, send_tx
+from tests.fixtures.db import create_database, drop_database
+from tests.fixtures.indexing import Harness, anvil_reorg, reorg_tx
+
+pytestmark = pytest.mark.anvil
+MakeHarness = Callable[..., Harness]
+ZERO = "0x" + "00" * 20
+
+
+def add_user(h: Harness, wallet: str | None = None, user_id: uuid.UUID | None = None) -> uuid.UUID:
+    user_id = user_id or uuid.uuid4()
+    h.conn.execute(
+        "INSERT INTO users (id, email, wallet_address) VALUES (%s, %s, %s)",
+        (user_id, f"{user_id}@example.org", wallet),
+    )
+    return user_id
+
+
+def add_master(h: Harness, master_id: uuid.UUID, artist: uuid.UUID, tiers: Any = None) -> None:
+    h.conn.execute(
+        "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'Song')", (master_id, artist)
+    )
+    if tiers:
+        h.conn.execute(
+            "INSERT INTO ipo_configs (master_id, initial_price, total_supply, tier1_count, "
+            "tier2_count, tier3_count, tier1_royalty, tier2_royalty, tier3_royalty, "
+            "tier4_royalty) VALUES (%s, 0.1, 100, %s, %s, %s, %s, %s, %s, %s)",
+            (master_id, *tiers),
+        )
+
+
+def shares_of(conn: Any, master: uuid.UUID) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT token_id, owner_wallet, owner_id, tier, royalty_percent, minted_at IS NOT NULL, "
+        "last_transfer IS NOT NULL FROM nft_shares WHERE master_id = %s ORDER BY token_id",
+        (master,),
+    ).fetchall()
+
+
+DOMAIN_QUERIES = {
+    "masters": "SELECT id, contract_address FROM masters ORDER BY id",
+    "nft_shares": "SELECT master_id, token_id, owner_id, owner_wallet, tier, royalty_percent, "
+    "minted_at, last_transfer FROM nft_shares ORDER BY master_id, token_id",
+    "dividend_events": "SELECT master_id, amount, contract_address, block_number, block_hash, "
+    "block_time, tx_hash, log_index FROM dividend_events ORDER BY block_number, log_index",
+    "artist_coins": "SELECT id, artist_id, name, symbol, contract_address, total_supply, "
+    "deployed_at FROM artist_coins ORDER BY artist_id",
+}
+
+
+def domain_tables(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: conn.execute(sql).fetchall() for name, sql in DOMAIN_QUERIES.items()}
+
+
+def test_mover_advantage_transfers_burns_dividends(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    alice_wallet, bob_wallet = h.node.accounts[1], h.node.accounts[2]
+    artist = add_user(h)
+    alice = add_user(h, wallet=alice_wallet)  # mixed case, as users type it
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(2, 2, 2, "12.50", "6.00", "2.00", "0.50"))
+    registry = h.contracts.registry
+    send_tx(
+        h.w3, registry.functions.deployMasterAndMint(master_id.bytes, "M", "M", alice_wallet, 1, 8)
+    )
+    h.sync()
+    address = store.load_registrations(h.conn, h.chain_id)
+    (shares_address,) = address
+    shares = h.contracts.shares(h.w3.to_checksum_address(shares_address))
+    send_tx(h.w3, shares.functions.transferFrom(alice_wallet, bob_wallet, 2), sender=alice_wallet)
+    send_tx(h.w3, shares.functions.burn(3), sender=alice_wallet)
+    send_tx(h.w3, h.contracts.distributor.functions.deposit(master_id.bytes), value=123)
+    send_tx(h.w3, h.contracts.distributor.functions.record(master_id.bytes, 2**256 - 1))
+    h.sync()
+
+    master_row = h.conn.execute(
+        "SELECT contract_address FROM masters WHERE id = %s", (master_id,)
+    ).fetchone()
+    assert master_row == (shares_address,)
+    rows = shares_of(h.conn, master_id)
+    a, b = alice_wallet.lower(), bob_wallet.lower()
+    assert rows == [
+        (1, a, alice, 1, Decimal("12.50"), True, False),
+        (2, b, None, 1, Decimal("12.50"), True, True),
+        (3, None, None, 2, Decimal("6.00"), True, True),  # burned: held by no one
+        (4, a, alice, 2, Decimal("6.00"), True, False),
+        (5, a, alice, 3, Decimal("2.00"), True, False),
+        (6, a, alice, 3, Decimal("2.00"), True, False),
+        (7, a, alice, 4, Decimal("0.50"), True, False),
+        (8, a, alice, 4, Decimal("0.50"), True, False),
+    ]
+    dividends = h.conn.execute(
+        "SELECT amount, contract_address FROM dividend_events ORDER BY block_number"
+    ).fetchall()
+    distributor = h.contracts.distributor.address.lower()
+    assert dividends == [(123, distributor), (2**256 - 1, distributor)]
+    # Bob links his wallet later (in another case): his share gets his id within a poll.
+    bob = add_user(h, wallet=bob_wallet.upper().replace("0X", "0x"))
+    h.syncer.reconcile()
+    assert shares_of(h.conn, master_id)[1][2] == bob
+
+
+def test_default_tiers_without_ipo_config(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    artist = add_user(h)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist)
+    send_tx(
+        h.w3,
+        h.contracts.registry.functions.deployMasterAndMint(
+            master_id.bytes, "M", "M", h.node.accounts[1], 1, 101
+        ),
+    )
+    h.sync()
+    tiers = [r[3] for r in shares_of(h.conn, master_id)]
+    assert tiers == [1] * 10 + [2] * 40 + [3] * 50 + [4]
+    royalties = {r[3]: r[4] for r in shares_of(h.conn, master_id)}
+    assert royalties == {
+        1: Decimal("10.00"),
+        2: Decimal("5.00"),
+        3: Decimal("3.00"),
+        4: Decimal("1.00"),
+    }
+
+
+def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    master_id = uuid.uuid4()
+    wallet = h.node.accounts[1]
+    _, shares = h.new_master(mint_to=wallet, count=0)
+    # deployMaster registered a master id we don't know; register ours on a fresh contract.
+    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    send_tx(h.w3, own.functions.batchMint(wallet, 1, 3))
+    send_tx(h.w3, h.contracts.distributor.functions.record(master_id.bytes, 9))
+    h.sync()
+    assert projections.pending_count(h.conn, h.chain_id) >= 5
+    assert shares_of(h.conn, master_id) == []
+    # The backend creates the rows later; the next poll applies everything, in order.
+    artist = add_user(h)
+    add_master(h, master_id, artist, tiers=(1, 1, 1, "9", "8", "7", "6"))
+    applied = h.syncer.reconcile()
+    assert applied == 5
+    assert [r[3] for r in shares_of(h.conn, master_id)] == [1, 2, 3]
+    assert h.conn.execute("SELECT count(*) FROM dividend_events").fetchone() == (1,)
+    mine = h.conn.execute(
+        "SELECT count(*) FROM indexer_events e JOIN masters m ON m.id = (e.args->>'masterId')::uuid"
+        " WHERE NOT applied"
+    ).fetchone()
+    assert mine == (0,)
+
+
+def _coin_forger(h: Harness) -> tuple[Any, Trust]:
+    """A trusted 'factory' that can announce any contract as an artist coin."""
+    forger = deploy(h.w3, "EventForger")
+    trust = Trust(h.trust.registry, h.trust.dividends, forger.address.lower())
+    return forger, trust
+
+
+def _announce(h: Harness, forger: Any, artist: uuid.UUID, coin_address: str) -> None:
+    topics = [
+        bytes.fromhex(TOPIC0[EventType.ARTIST_COIN_DEPLOYED][2:]),
+        artist.bytes + bytes(16),
+        bytes(12) + bytes.fromhex(coin_address[2:]),
+    ]
+    send_tx(h.w3, forger.functions.emitRaw(topics, b""))
+
+
+@pytest.mark.parametrize(
+    "raw_name, raw_symbol, name_reverts, expect_name, expect_symbol",
+    [
+        (
+            encode(["string"], ["Nice Coin"]),
+            encode(["string"], ["NICE"]),
+            False,
+            "Nice Coin",
+            "NICE",
+        ),
+        (b"Old Token".ljust(32, b"\x00"), b"OLD".ljust(32, b"\x00"), False, "Old Token", "OLD"),
+        (
+            encode(["string"], ["A\x00B"]),
+            encode(["bytes"], [b"\xff\xfeX"]),
+            False,
+            "AB",
+            "\ufffd\ufffdX",
+        ),
+        (b"", encode(["string"], ["S" * 40]), True, "(unreadable name)", "S" * 10),
+    ],
+)
+def test_weird_coins_still_get_a_row(
+    make_harness: MakeHarness,
+    raw_name: bytes,
+    raw_symbol: bytes,
+    name_reverts: bool,
+    expect_name: str,
+    expect_symbol: str,
+) -> None:
+    h = make_harness()
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    coin = deploy(h.w3, "WeirdCoin", raw_name, raw_symbol, 10**30 + 5, 20, name_reverts)
+    artist = add_user(h)
+    _announce(h, forger, artist, coin.address.lower())
+    h.sync()
+    row = h.conn.execute(
+        "SELECT name, symbol, total_supply::text, contract_address FROM artist_coins "
+        "WHERE artist_id = %s",
+        (artist,),
+    ).fetchone()
+    assert row == (
+        expect_name,
+        expect_symbol,
+        "10000000000.000000000000000000",
+        coin.address.lower(),
+    )
+    context = h.conn.execute("SELECT context FROM indexer_events").fetchone()[0]
+    assert context["coin"]["raw"]["name"] in (None, "0x" + raw_name.hex())
+    assert context["coin"]["totalSupplyUnits"] == str(10**30 + 5)
+
+
+def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    artist, other = add_user(h), add_user(h)
+    h.conn.execute(
+        "INSERT INTO artist_coins (artist_id, name, symbol, total_supply) "
+        "VALUES (%s, 'Planned', 'PLN', 5)",
+        (artist,),
+    )
+    before = domain_tables(h.conn)
+    factory = h.contracts.factory
+    send_tx(h.w3, factory.functions.deployCoin(artist.bytes, "Real", "REAL", 7 * 10**18))
+    send_tx(h.w3, factory.functions.deployCoin(other.bytes, "Other", "OTH", 10**18))
+    h.sync()
+    coins = {r[1]: r for r in domain_tables(h.conn)["artist_coins"]}
+    assert coins[artist][2:4] == ("Real", "REAL") and coins[artist][5] == Decimal("7")
+    assert coins[other][2:4] == ("Other", "OTH")
+    anvil_reorg(h.node, 2, [])
+    h.sync()
+    assert domain_tables(h.conn) == before  # created row gone, backend row as it was
+
+
+def _activity(h: Harness, masters: list[uuid.UUID], rounds: int, seed: int) -> None:
+    import random
+
+    rnd = random.Random(seed)
+    wallets = h.node.accounts[1:5]
+    contracts: dict[uuid.UUID, Any] = {}
+    next_token: dict[uuid.UUID, int] = {}
+    for m in masters:
+        receipt = send_tx(h.w3, h.contracts.registry.functions.deployMaster(m.bytes, "M", "M"))
+        event = h.contracts.registry.events.MasterRegistered().process_receipt(
+            receipt, errors=DISCARD
+        )
+        contracts[m] = h.contracts.shares(event[0]["args"]["contractAddress"])
+        next_token[m] = 1
+    owners: dict[tuple[uuid.UUID, int], str] = {}
+    for _ in range(rounds):
+        m = rnd.choice(masters)
+        shares = contracts[m]
+        action = rnd.random()
+        if action < 0.5 or not any(k[0] == m for k in owners):
+            to = rnd.choice(wallets)
+            send_tx(h.w3, shares.functions.mint(to, next_token[m]))
+            owners[(m, next_token[m])] = to
+            next_token[m] += 1
+        elif action < 0.8:
+            key = rnd.choice([k for k in owners if k[0] == m])
+            to = rnd.choice(wallets)
+            send_tx(
+                h.w3, shares.functions.transferFrom(owners[key], to, key[1]), sender=owners[key]
+            )
+            owners[key] = to
+        elif action < 0.9:
+            key = rnd.choice([k for k in owners if k[0] == m])
+            send_tx(h.w3, shares.functions.burn(key[1]), sender=owners.pop(key))
+        else:
+            send_tx(h.w3, h.contracts.distributor.functions.record(m.bytes, rnd.randrange(10**20)))
+
+
+@pytest.mark.slow
+def test_reorged_incremental_equals_rebuild_equals_fresh_index(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    h = make_harness(finality_depth=8)
+    artist = add_user(h)
+    for wallet in h.node.accounts[1:3]:
+        add_user(h, wallet=wallet)
+    masters = [uuid.uuid4() for _ in range(3)]
+    for i, m in enumerate(masters):
+        add_master(h, m, artist, tiers=(2, 3, 4, "10", "5", "3", "1") if i else None)
+    _activity(h, masters, rounds=40, seed=1)
+    h.sync()
+    # Reorgs that drop mints (tiers of later shares depend on them), each followed by more
+    # activity on new masters.
+    for depth, seed in ((3, 2), (6, 3), (1, 4)):
+        replacement = reorg_tx(
+            h.contracts.distributor.functions.record(masters[0].bytes, seed), h.node.accounts[0]
+        )
+        anvil_reorg(h.node, depth, [(replacement, 0)])
+        h.sync()
+        more = [uuid.uuid4() for _ in range(2)]
+        for m in more:
+            add_master(h, m, artist, tiers=(1, 2, 3, "9", "6", "3", "1"))
+        _activity(h, more, rounds=15, seed=seed)
+        h.sync()
+    incremental = domain_tables(h.conn)
+    assert incremental["nft_shares"], "the scenario must produce shares"
+
+    # 1. Rebuild from the event log in place.
+    with h.conn.transaction():
+        projections.rebuild(h.conn, h.chain_id)
+    assert domain_tables(h.conn) == incremental
+
+    # 2. A fresh index of the same chain into a fresh database with the same backend rows.
+    name = "audifi_test_fresh_" + uuid.uuid4().hex[:8]
+    url = create_database(name, template=pg_template)
+    try:
+        with connect(url) as fresh:
+            for table in ("users", "masters", "ipo_configs"):
+                cols = [
+                    d.name for d in h.conn.execute(f"SELECT * FROM {table} LIMIT 0").description
+                ]
+                cols = [c for c in cols if c != "public_supply"]
+                data = h.conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                with fresh.cursor() as cur:
+                    cur.executemany(
+                        f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                        f"({', '.join(['%s'] * len(cols))})",
+                        [tuple(r) for r in data],
+                    )
+            fresh.execute("UPDATE masters SET contract_address = NULL")
+            syncer = Syncer(h.source, fresh, h.chain_id, h.trust, h.options)
+            while syncer.step().outcome.value != "caught_up":
+                pass
+            assert domain_tables(fresh) == incremental
+    finally:
+        drop_database(name)
