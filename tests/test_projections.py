@@ -144,8 +144,7 @@ def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
     h = make_harness()
     master_id = uuid.uuid4()
     wallet = h.node.accounts[1]
-    _, shares = h.new_master(mint_to=wallet, count=0)
-    # deployMaster registered a master id we don't know; register ours on a fresh contract.
+    h.new_master()  # an unrelated master the backend never creates: stays pending forever
     own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
     send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
     send_tx(h.w3, own.functions.batchMint(wallet, 1, 3))
@@ -158,6 +157,7 @@ def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
     add_master(h, master_id, artist, tiers=(1, 1, 1, "9", "8", "7", "6"))
     applied = h.syncer.reconcile()
     assert applied == 5
+    assert projections.pending_count(h.conn, h.chain_id) == 1  # the unrelated one
     assert [r[3] for r in shares_of(h.conn, master_id)] == [1, 2, 3]
     assert h.conn.execute("SELECT count(*) FROM dividend_events").fetchone() == (1,)
     mine = h.conn.execute(
