@@ -11,6 +11,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import psycopg
+import sqlalchemy as sa
+
 from indexer import __version__
 from indexer.config import load_settings
 from indexer.errors import IndexerError
@@ -135,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     rewind.add_argument("--chain-id", type=int, help="which chain, when the database has several")
     rewind.set_defaults(handler=_cmd_rewind)
 
+    from indexer.query_cli import add_query_parser
+
+    add_query_parser(commands)
+
     demo = commands.add_parser(
         "demo",
         help="run on an embedded default: a private PostgreSQL when AUDIFI_DATABASE_URL is "
@@ -156,6 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except IndexerError as exc:
         print(f"audifi-indexer {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (sa.exc.OperationalError, psycopg.OperationalError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        print(
+            f"audifi-indexer {args.command}: error: the database cannot be reached or refused the "
+            f"request: {reason[0] if reason else type(exc).__name__}. Check AUDIFI_DATABASE_URL "
+            "and that the server is up.",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"audifi-indexer {args.command}: interrupted", file=sys.stderr)

@@ -291,6 +291,8 @@ class StatusLike(Protocol):
     halt_reason: str | None
     head: int | None
     indexed_block: int | None
+    last_step_at: float
+    """Wall time of the last completed step; 0 before the first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,6 +386,7 @@ class HealthState:
                 self._head = status.head
             if status.indexed_block is not None:
                 self._indexed = status.indexed_block
+            if status.last_step_at > 0:
                 self._stepped = True
 
     # ---------------------------------------------------------------- decisions

@@ -160,6 +160,15 @@ def init_state(conn: Conn, chain_id: int, start_block: int) -> CursorState:
     return state
 
 
+def record_head(conn: Conn, chain_id: int, head: int) -> None:
+    """Remember the node's head (for lag in status and queries); a no-op when unchanged."""
+    conn.execute(
+        "UPDATE indexer_state SET head_block = %s WHERE chain_id = %s "
+        "AND head_block IS DISTINCT FROM %s",
+        (head, chain_id, head),
+    )
+
+
 def set_halt(conn: Conn, chain_id: int, reason: str) -> None:
     conn.execute(
         "UPDATE indexer_state SET halted = true, halt_reason = %s, halted_at = now(), "

@@ -381,6 +381,7 @@ class Syncer:
         if state.halted:
             return StepResult(Outcome.HALTED, reason=state.halt_reason or "halted")
         head = self.source.head()
+        store.record_head(self.conn, self.chain_id, head)
         if state.indexed_block is not None and head < state.indexed_block:
             return StepResult(
                 Outcome.NODE_BEHIND,

@@ -16,7 +16,7 @@ from indexer import projections, store
 from indexer.decode import TOPIC0, EventType
 from indexer.sync import Syncer, Trust, connect
 from tests.fixtures.chains import deploy, send_tx
-from tests.fixtures.db import create_database, drop_database
+from tests.fixtures.db import create_database, drop_database, fresh_database_name
 from tests.fixtures.indexing import Harness, anvil_reorg, reorg_tx
 
 pytestmark = pytest.mark.anvil
@@ -329,7 +329,7 @@ def test_reorged_incremental_equals_rebuild_equals_fresh_index(
     assert domain_tables(h.conn) == incremental
 
     # 2. A fresh index of the same chain into a fresh database with the same backend rows.
-    name = "audifi_test_fresh_" + uuid.uuid4().hex[:8]
+    name = fresh_database_name()
     url = create_database(name, template=pg_template)
     try:
         with connect(url) as fresh:

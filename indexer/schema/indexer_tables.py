@@ -38,6 +38,8 @@ indexer_state = sa.Table(
     sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("start_block", sa.BigInteger, nullable=False),
     sa.Column("indexed_block", sa.BigInteger),
+    # The node's head as last seen by the daemon (for lag without asking the node).
+    sa.Column("head_block", sa.BigInteger),
     sa.Column("indexed_hash", HASH),
     sa.Column("halted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("halt_reason", sa.Text),

@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("chain_id", sa.BigInteger(), autoincrement=False, nullable=False),
         sa.Column("start_block", sa.BigInteger(), nullable=False),
         sa.Column("indexed_block", sa.BigInteger(), nullable=True),
+        sa.Column("head_block", sa.BigInteger(), nullable=True),
         sa.Column("indexed_hash", sa.String(length=66), nullable=True),
         sa.Column("halted", sa.Boolean(), server_default=sa.text("false"), nullable=False),
         sa.Column("halt_reason", sa.Text(), nullable=True),
