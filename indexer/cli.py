@@ -60,7 +60,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_rewind(args: argparse.Namespace) -> int:
-    from indexer import store
+    from indexer.recovery import rewind
     from indexer.status import pick_chain_id
     from indexer.sync import connect
 
@@ -70,24 +70,12 @@ def _cmd_rewind(args: argparse.Namespace) -> int:
         chain_id = pick_chain_id(conn, args.chain_id or settings.chain_id)
         if chain_id is None:
             raise IndexerError("nothing to rewind: the indexer has not run on this database")
-        with conn.transaction():
-            state = store.lock_state(conn, chain_id)
-            assert state is not None
-            if state.indexed_block is not None and args.to_block > state.indexed_block:
-                raise IndexerError(
-                    f"--to-block {args.to_block} is above the indexed block "
-                    f"{state.indexed_block}: nothing to rewind"
-                )
-            if args.to_block < state.start_block - 1:
-                raise IndexerError(
-                    f"--to-block {args.to_block} is below the start block {state.start_block}"
-                    f" minus one: use {state.start_block - 1} to re-index everything"
-                )
-            removed = store.rewind_to_block(conn, chain_id, args.to_block, state.start_block)
-            store.clear_halt(conn, chain_id)
+        result = rewind(conn, chain_id, args.to_block, outbox=settings.redis_url is not None)
     print(
-        f"chain {chain_id}: rewound to block {args.to_block}; halt cleared; removed "
-        + ", ".join(f"{n} {t.removeprefix('indexer_')}" for t, n in removed.items())
+        f"chain {chain_id}: rewound from block {result.previous_block} to {result.to_block}"
+        f"{'; halt cleared' if result.halt_cleared else ''}; removed "
+        + ", ".join(f"{n} {t.removeprefix('indexer_')}" for t, n in result.removed.items())
+        + f". The daemon re-indexes from block {result.to_block + 1}."
     )
     return EXIT_OK
 
@@ -95,7 +83,7 @@ def _cmd_rewind(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from indexer.demo import run_demo
 
-    return run_demo(config_path=args.config, data_dir=args.data_dir)
+    return run_demo(config_path=args.config, data_dir=args.data_dir, keep_running=args.keep_running)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,13 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="run on an embedded default: a private PostgreSQL when AUDIFI_DATABASE_URL is "
-        "unset, migrated, and a report of the schema",
+        help="the indexer on an embedded default: a local anvil chain, a private PostgreSQL "
+        "(unless AUDIFI_DATABASE_URL is set), live activity with a reorg, and a report",
     )
     demo.add_argument(
         "--data-dir",
         default=".demo",
         help="where the demo keeps its private PostgreSQL data (default: ./.demo)",
+    )
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the chain, database and indexer running for exploring until Ctrl-C",
     )
     demo.set_defaults(handler=_cmd_demo)
     return parser

@@ -97,6 +97,16 @@ class LocalPostgres:
         if self.run_as:
             shutil.chown(self.data_dir, user=self.run_as, group=None)
             shutil.chown(self.data_dir.parent, user=self.run_as, group=None)
+            reach = subprocess.run(
+                self._cmd("test", "-w", str(self.data_dir)), capture_output=True, check=False
+            )
+            if reach.returncode != 0:
+                raise LocalPostgresError(
+                    f"the '{self.run_as}' system user (PostgreSQL refuses to run as root) cannot "
+                    f"reach {self.data_dir}: a parent folder is not traversable for it. Use a "
+                    "data directory under a world-readable folder (for example in the project "
+                    "folder, the default ./.demo)"
+                )
         self._run(
             str(self.bin_dir / "initdb"),
             "-D", str(self.data_dir),

@@ -55,7 +55,7 @@ from indexer.db import libpq_url
 from indexer.logs import get_logger
 from indexer.observe import Metrics
 
-__all__ = ["DEFAULT_RETENTION", "OutboxPublisher", "stream_fields"]
+__all__ = ["DEFAULT_RETENTION", "OutboxPublisher", "pending_ids", "stream_fields"]
 
 log = get_logger("audifi.publish")
 

@@ -345,7 +345,9 @@ def rollback_to(
     return counts
 
 
-def rewind_to_block(conn: Conn, chain_id: int, block: int, start_block: int) -> dict[str, int]:
+def rewind_to_block(
+    conn: Conn, chain_id: int, block: int, start_block: int, *, outbox: bool = False
+) -> dict[str, int]:
     """Operator rewind: drop everything above ``block`` and re-index from ``block + 1``.
 
     The cursor hash is taken from the stored window when the block is there; otherwise it is
@@ -357,7 +359,9 @@ def rewind_to_block(conn: Conn, chain_id: int, block: int, start_block: int) -> 
         (chain_id, block),
     ).fetchone()
     ref = BlockRef(block, row[0] if row else "", row[1] if row else "")
-    counts = rollback_to(conn, chain_id, ref, abandoned_hash="rewind", outbox=False)
+    current = load_state(conn, chain_id)
+    abandoned = f"rewind:{current.indexed_hash if current else ''}"
+    counts = rollback_to(conn, chain_id, ref, abandoned_hash=abandoned, outbox=outbox)
     if row is None:
         conn.execute(
             "UPDATE indexer_state SET indexed_hash = NULL WHERE chain_id = %s", (chain_id,)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from indexer import store
+from indexer import recovery, store
 from indexer.chain.http_source import HttpChainSource
 from indexer.sync import Outcome, Syncer
 from tests.fixtures.chains import deploy, send_tx
@@ -144,9 +144,8 @@ def test_reorg_deeper_than_the_window_halts(make_harness: MakeHarness) -> None:
     assert again.step().outcome is Outcome.HALTED
 
     # Operator recovery (docs/operations.md): rewind below the fork, clear the halt.
-    with h.conn.transaction():
-        store.rewind_to_block(h.conn, h.chain_id, fork_point, h.options.start_block)
-        store.clear_halt(h.conn, h.chain_id)
+    result = recovery.rewind(h.conn, h.chain_id, fork_point, outbox=True)
+    assert result.halt_cleared and result.removed["indexer_events"] > 0
     h.sync()
     assert not h.state().halted
     assert h.stored() == h.expected()
