@@ -1,25 +1,28 @@
-"""The daemon: start-up checks, the single-writer lock, the step loop, signals and backoff.
+"""The daemon: start-up checks, the single-writer lock, the step loop, signals and backoff;
+metrics, health, the Redis publisher and schema upkeep attached at the edges.
 
 Loop contract (:meth:`Daemon.run`):
 
-* Start-up: read the node's chain id (the configured ``chain_id`` must match), check that the
-  schema is at head, refuse a database that holds another chain (stored halt; the process
-  stays up and writes nothing), then take the per-chain PostgreSQL advisory lock. A second
-  instance waits for that lock as a hot standby and takes over when the holder dies.
+* Start-up: serve ``/metrics``, ``/healthz``, ``/readyz`` (when ``http_port`` ≠ 0); read the
+  node's chain id (the configured ``chain_id`` must match); check that the schema is at head;
+  take the per-chain PostgreSQL advisory lock — a second instance waits for it as a hot
+  standby (healthy, not ready) and takes over within about a second of the holder's death.
+  A database that holds another chain halts: the process stays up, writes nothing, and
+  reports it (``/readyz`` 503, ``audifi_indexer_halted`` 1).
 * Each iteration runs one :meth:`indexer.sync.Syncer.step`. ``PROGRESSED``/``REORG`` → step
-  again at once; ``CAUGHT_UP``/``NODE_BEHIND``/``HALTED`` → wait one poll interval.
+  again at once; ``CAUGHT_UP``/``NODE_BEHIND`` → apply pending events and re-link owners
+  (:meth:`Syncer.reconcile`), run due upkeep, wait one poll interval; ``HALTED`` → wait.
 * Transient failures (RPC timeouts, 429, 5xx, inconsistent answers, PostgreSQL connection
-  loss, serialization failures, a moved cursor) are logged, counted and retried after a
-  bounded exponential backoff with jitter; the step's transaction was rolled back, so nothing
-  partial was written. Fatal RPC errors stop the daemon with a clear message (exit 1).
+  loss, serialization failures and deadlocks, a moved cursor) are logged, counted and retried
+  after a bounded exponential backoff with jitter; the step's transaction was rolled back, so
+  nothing partial was written. Fatal RPC errors stop the daemon with a clear message (exit 1).
 * SIGTERM/SIGINT set a flag: the step in hand finishes (commits or rolls back) and the daemon
-  exits 0. Waiting (poll interval, backoff, standby) is interrupted at once.
+  exits 0. Every wait is sliced so the flag is seen within ~0.2 s and health keeps beating.
 """
 
 from __future__ import annotations
 
 import hashlib
-import random
 import signal
 import threading
 import time
@@ -31,18 +34,22 @@ from typing import Any
 import psycopg
 
 from indexer import migrate, store
+from indexer.backoff import Backoff
 from indexer.chain.errors import FatalRpcError, RangeTooLargeError, RpcError
 from indexer.chain.http_source import HttpChainSource
 from indexer.chain.source import ChainSource
 from indexer.config import Settings, mask_url
 from indexer.errors import IndexerError
 from indexer.logs import get_logger
+from indexer.observe import HealthState, Metrics, MetricsServer, serve_http
+from indexer.projections import pending_count
+from indexer.publish import OutboxPublisher
 from indexer.sync import CursorMovedError, Outcome, StepResult, Syncer, SyncOptions, Trust, connect
+from indexer.upkeep import Upkeep
 
 log = get_logger("audifi.daemon")
 
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
+WAIT_SLICE = 0.2
 
 
 class StartupError(IndexerError):
@@ -74,24 +81,8 @@ def options_from(settings: Settings) -> SyncOptions:
 
 
 @dataclass
-class Backoff:
-    """Bounded exponential backoff with full jitter."""
-
-    first: float = BACKOFF_FIRST
-    cap: float = BACKOFF_MAX
-    failures: int = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return random.uniform(0, min(self.cap, self.first * 2 ** (self.failures - 1)))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-@dataclass
 class DaemonStatus:
-    """What the loop last saw; read by health endpoints and metrics."""
+    """What the loop last saw (for callers embedding the daemon, such as the demo)."""
 
     chain_id: int | None = None
     leader: bool = False
@@ -110,19 +101,41 @@ class Daemon:
         settings: Settings,
         source: ChainSource | None = None,
         on_step: Callable[[StepResult], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not settings.rpc_urls and source is None:
             raise StartupError("no RPC endpoint configured: set AUDIFI_RPC_URL (or rpc_url)")
+        if settings.database_url is None:
+            raise StartupError("no database configured: set AUDIFI_DATABASE_URL")
         self.settings = settings
+        self.metrics = metrics or Metrics(confirmations=settings.confirmations)
+        self.health = HealthState(
+            poll_interval=settings.poll_interval,
+            ready_max_lag_blocks=settings.ready_max_lag_blocks,
+            confirmations=settings.confirmations,
+        )
         self.source: ChainSource = source or HttpChainSource(
-            settings.rpc_urls, timeout=settings.rpc_timeout
+            settings.rpc_urls, timeout=settings.rpc_timeout, observer=self.metrics.rpc_observer
         )
         self.stop_event = threading.Event()
         self.status = DaemonStatus()
         self.on_step = on_step
+        self.server: MetricsServer | None = None
         self._lock_conn: psycopg.Connection[Any] | None = None
+        self._publisher: OutboxPublisher | None = None
+        self._publisher_thread: threading.Thread | None = None
+        self._upkeep = Upkeep(
+            settings.database_url,
+            months_ahead=settings.partitions_ahead_months,
+            refresh_interval=settings.mv_refresh_interval,
+        )
 
-    # -- signals -----------------------------------------------------------------------
+    @property
+    def database_url(self) -> str:
+        assert self.settings.database_url is not None
+        return self.settings.database_url
+
+    # -- signals and waiting -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
         def handler(signum: int, frame: FrameType | None) -> None:
             log.info("shutdown_requested", signal=signal.Signals(signum).name)
@@ -132,8 +145,15 @@ class Daemon:
         signal.signal(signal.SIGINT, handler)
 
     def _wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when a stop was requested."""
-        return self.stop_event.wait(max(0.0, seconds))
+        """Sleep up to ``seconds`` in short slices (health keeps beating); True on stop."""
+        deadline = time.monotonic() + max(0.0, seconds)
+        while True:
+            self.health.beat()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.stop_event.is_set()
+            if self.stop_event.wait(min(WAIT_SLICE, left)):
+                return True
 
     # -- start-up ----------------------------------------------------------------------
     def _chain_id(self) -> int:
@@ -158,32 +178,38 @@ class Daemon:
         return chain_id
 
     def _connect(self) -> psycopg.Connection[Any]:
-        url = self.settings.database_url
-        assert url is not None
         backoff = Backoff()
         while True:
             try:
-                return connect(url)
+                conn = connect(self.database_url)
+                self.health.set_database(True)
+                return conn
             except psycopg.OperationalError as exc:
                 delay = backoff.next_delay()
+                first = str(exc).strip().splitlines()
+                self.health.set_database(False, first[0] if first else repr(exc))
+                self.metrics.count_step_error("database_unavailable")
                 log.warning(
                     "database_unavailable",
-                    url=mask_url(url),
-                    error=str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                    url=mask_url(self.database_url),
+                    error=first[0] if first else repr(exc),
                     retry_in=round(delay, 2),
                 )
                 if self._wait(delay):
                     raise KeyboardInterrupt from exc
 
     def _check_schema(self) -> None:
-        url = self.settings.database_url
-        assert url is not None
-        version = migrate.schema_version(url)
+        version = migrate.schema_version(self.database_url)
         if not version.up_to_date:
             raise StartupError(
                 f"the database schema is at {version.current or 'nothing'}, the indexer needs "
                 f"{version.head}: run `audifi-indexer migrate` first"
             )
+
+    def _set_leader(self, leader: bool) -> None:
+        self.status.leader = leader
+        self.metrics.set_leader(leader)
+        self.health.set_leader(leader)
 
     def _acquire_leadership(self, chain_id: int) -> bool:
         """Block until this process holds the chain's advisory lock (False: stop requested)."""
@@ -195,12 +221,14 @@ class Daemon:
                     self._lock_conn = self._connect()
                 row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
                 if row and row[0]:
-                    self.status.leader = True
+                    self._set_leader(True)
                     log.info("leader_acquired", chain_id=chain_id)
                     return True
             except psycopg.OperationalError as exc:
                 log.warning("leader_lock_error", error=str(exc).strip()[:200])
                 self._lock_conn = None
+            except KeyboardInterrupt:
+                return False
             if not announced:
                 log.info("standby", chain_id=chain_id, reason="another instance holds the lock")
                 announced = True
@@ -217,9 +245,47 @@ class Daemon:
             return False
         return True
 
+    # -- attachments -----------------------------------------------------------------------
+    def _start_publisher(self, chain_id: int) -> None:
+        settings = self.settings
+        if settings.redis_url is None or self._publisher is not None:
+            return
+        self._publisher = OutboxPublisher(
+            self.database_url,
+            settings.redis_url,
+            settings.redis_stream,
+            settings.redis_stream_maxlen,
+            chain_id,
+            metrics=self.metrics,
+        )
+        self._publisher_thread = self._publisher.start(self.stop_event)
+
+    def _stop_attachments(self) -> None:
+        if self._publisher_thread is not None:
+            self._publisher_thread.join(timeout=5)
+        if self._publisher is not None:
+            self._publisher.close()
+        self._upkeep.close()
+        if self.server is not None:
+            self.server.close()
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; return the exit code."""
+        settings = self.settings
+        if settings.http_enabled:
+            self.server = serve_http(
+                settings.http_host, settings.http_port, self.metrics, self.health
+            )
+            log.info("http_listening", host=settings.http_host, port=self.server.port)
+        try:
+            return self._run()
+        finally:
+            self._stop_attachments()
+
+    def _run(self) -> int:
         settings = self.settings
         try:
             chain_id = self._chain_id()
@@ -235,74 +301,87 @@ class Daemon:
             confirmations=settings.confirmations,
             finality_depth=settings.finality_depth,
         )
+        if not self._acquire_leadership(chain_id):
+            return 0
         try:
-            if not self._acquire_leadership(chain_id):
-                return 0
             conn = self._connect()
         except KeyboardInterrupt:
             return 0
         other = store.other_chains(conn, chain_id)
         if other:
-            reason = (
+            conn.close()
+            return self._halted_forever(
                 f"this database was built for chain {other[0]}, the node is chain {chain_id}: "
                 "point AUDIFI_DATABASE_URL at the database of this chain"
             )
-            return self._halted_forever(reason)
+        self._start_publisher(chain_id)
         syncer = Syncer(self.source, conn, chain_id, trust_from(settings), options_from(settings))
         backoff = Backoff()
         try:
             while not self.stop_event.is_set():
+                self.health.beat()
                 if not self._still_leader():
                     log.error("leadership_lost", chain_id=chain_id)
-                    self.status.leader = False
+                    self._set_leader(False)
                     syncer.conn.close()
                     if not self._acquire_leadership(chain_id):
                         break
                     syncer.conn = self._connect()
                     syncer.forget_cache()
+                started = time.monotonic()
                 try:
                     result = syncer.step()
                 except FatalRpcError as exc:
                     log.error("rpc_fatal", error=str(exc))
                     return 1
                 except (RpcError, CursorMovedError, psycopg.Error) as exc:
-                    syncer.forget_cache()
-                    self.status.last_error = str(exc)
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "step_failed",
-                        error_type=type(exc).__name__,
-                        error=str(exc)[:500],
-                        retry_in=round(delay, 2),
-                        single_block=isinstance(exc, RangeTooLargeError),
-                    )
-                    if isinstance(exc, psycopg.OperationalError) or syncer.conn.closed:
-                        syncer.conn.close()
-                        try:
-                            syncer.conn = self._connect()
-                        except KeyboardInterrupt:
-                            break
-                    self._wait(delay)
+                    if not self._recover(syncer, exc, backoff):
+                        break
                     continue
                 backoff.reset()
-                self._record(result)
+                self.health.set_database(True)
+                self._record(result, time.monotonic() - started)
                 if result.outcome in (Outcome.PROGRESSED, Outcome.REORG):
+                    if self._publisher is not None:
+                        self._publisher.notify()
                     continue
                 if result.outcome is not Outcome.HALTED:
                     self._reconcile(syncer)
+                    self._upkeep.run_due()
                 self._wait(settings.poll_interval)
         finally:
             syncer.conn.close()
-            if self._lock_conn is not None:
-                self._lock_conn.close()
         log.info("stopped", chain_id=chain_id, indexed_block=self.status.indexed_block)
         return 0
+
+    def _recover(self, syncer: Syncer, exc: Exception, backoff: Backoff) -> bool:
+        """Log and count a failed step, reconnect if needed, back off. False: stop now."""
+        syncer.forget_cache()
+        self.status.last_error = str(exc)
+        self.metrics.count_step_error(type(exc).__name__)
+        delay = backoff.next_delay()
+        log.warning(
+            "step_failed",
+            error_type=type(exc).__name__,
+            error=str(exc)[:500],
+            retry_in=round(delay, 2),
+            single_block=isinstance(exc, RangeTooLargeError),
+        )
+        if isinstance(exc, psycopg.OperationalError) or syncer.conn.closed:
+            self.health.set_database(False, str(exc).strip()[:200])
+            syncer.conn.close()
+            try:
+                syncer.conn = self._connect()
+            except KeyboardInterrupt:
+                return False
+        return not self._wait(delay)
 
     def _reconcile(self, syncer: Syncer) -> None:
         """Pending events whose rows appeared, and owners of newly linked wallets: applied
         once per poll, so within one poll interval even when no block arrives."""
         try:
             applied = syncer.reconcile()
+            self.metrics.set_pending(pending_count(syncer.conn, syncer.chain_id))
         except psycopg.Error as exc:
             log.warning("reconcile_failed", error=str(exc)[:300])
             return
@@ -312,12 +391,14 @@ class Daemon:
     def _halted_forever(self, reason: str) -> int:
         self.status.halted = True
         self.status.halt_reason = reason
+        self.metrics.set_halted(True)
+        self.health.set_halted(True, reason)
         log.error("halted", reason=reason)
         while not self._wait(self.settings.poll_interval):
             pass
         return 0
 
-    def _record(self, result: StepResult) -> None:
+    def _record(self, result: StepResult, seconds: float) -> None:
         status = self.status
         status.last_step_at = time.time()
         status.head = result.head if result.head is not None else status.head
@@ -325,6 +406,8 @@ class Daemon:
         status.halt_reason = result.reason if status.halted else None
         if result.to_block is not None:
             status.indexed_block = result.to_block
+        self.metrics.observe_step(result, seconds)
+        self.health.observe_step(result)
         if result.outcome is Outcome.PROGRESSED:
             log.info(
                 "batch_committed",
@@ -335,6 +418,7 @@ class Daemon:
                 dead_letters=result.dead_letters,
                 ignored=result.ignored,
                 head=result.head,
+                elapsed=round(seconds, 4),
             )
         elif result.outcome is Outcome.REORG:
             log.warning(

@@ -38,7 +38,6 @@ Intended wiring (``indexer.daemon``), only on the leader and only when ``redis_u
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -50,6 +49,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from indexer.backoff import Backoff
 from indexer.config import mask_url
 from indexer.db import libpq_url
 from indexer.logs import get_logger
@@ -100,23 +100,6 @@ def stream_fields(
         data = payload.get("data", {})
     fields["data"] = orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
     return fields
-
-
-class _Backoff:
-    """Bounded exponential backoff with jitter (half to full of the ceiling)."""
-
-    def __init__(self, first: float, cap: float) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        ceiling = min(self.cap, self.first * 2 ** min(self.failures - 1, 30))
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class OutboxPublisher:
@@ -301,7 +284,7 @@ class OutboxPublisher:
         self, stop_event: threading.Event, interval: float = 0.5, limit: int = DEFAULT_BATCH
     ) -> None:
         """Publish until ``stop_event`` is set; never raises. Closes the connections on exit."""
-        backoff = _Backoff(self.backoff_first, self.backoff_max)
+        backoff = Backoff(self.backoff_first, self.backoff_max)
         failing: str | None = None
         log.info("outbox_publisher_started", stream=self.stream, redis=self._redis_url_masked)
         try:
