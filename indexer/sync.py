@@ -40,7 +40,7 @@ from typing import Any
 
 import psycopg
 
-from indexer import store
+from indexer import failpoints, store
 from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError
 from indexer.chain.source import ChainSource
 from indexer.chain.types import BlockHeader, Log, LogFilter
@@ -519,6 +519,7 @@ class Syncer:
         logs = self._extra_logs(logs, last, headers)
         processed = process_logs(logs, headers, self.trust, self._known_registrations())
         events = self.projector.enrich(self.source, processed.events)
+        failpoints.hit("after_fetch")
         batch = store.Batch(
             head=headers[last],
             events=events,
@@ -532,6 +533,7 @@ class Syncer:
             with self.conn.transaction():
                 self._recheck_cursor(state)
                 self.projector.apply(self.conn, self.chain_id, batch)
+                failpoints.hit("mid_write")
                 store.write_batch(
                     self.conn,
                     self.chain_id,
@@ -539,9 +541,11 @@ class Syncer:
                     keep_blocks=self.options.finality_depth,
                     outbox=self.options.outbox,
                 )
+                failpoints.hit("before_commit")
         except BaseException:
             self.forget_cache()
             raise
+        failpoints.hit("after_commit")
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
         counts: dict[str, int] = {}
