@@ -351,6 +351,7 @@ class Syncer:
             projector = AudifiProjector()
         self.projector = projector
         self._registrations: dict[str, store.Registration] | None = None
+        self._known_head: tuple[int | None, str | None] | None = None
         self._range = options.max_block_range
         self.on_ignored = on_ignored
 
@@ -378,6 +379,11 @@ class Syncer:
         rolls a fork back, or reports that there is nothing to do / the node is behind.
         """
         state = store.load_state(self.conn, self.chain_id) or self.ensure_state()
+        if state.head_ref != self._known_head:
+            # The cursor moved under us (an operator rewind, another writer): caches built
+            # from the old state (registrations, mint counts) may describe rows that are gone.
+            self.forget_cache()
+            self._known_head = state.head_ref
         if state.halted:
             return StepResult(Outcome.HALTED, reason=state.halt_reason or "halted")
         head = self.source.head()
@@ -548,6 +554,7 @@ class Syncer:
         failpoints.hit("after_commit")
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
+        self._known_head = (last, headers[last].hash)
         counts: dict[str, int] = {}
         for event in processed.events:
             counts[event.event_type] = counts.get(event.event_type, 0) + 1
@@ -616,6 +623,7 @@ class Syncer:
                 )
         finally:
             self.forget_cache()
+        self._known_head = (ancestor.number, ancestor.hash)
         depth = (state.indexed_block or ancestor.number) - ancestor.number
         return StepResult(
             Outcome.REORG,

@@ -1,0 +1,380 @@
+"""Fault and bad-input scenarios of SPEC §4 against the engine, on a real anvil behind the
+fault-injecting proxy (tests/fixtures/rpc_proxy.py). Each ends with the stored event log equal
+to the oracle's (no gap, no duplicate) and — where the scenario can break them — the AudiFi
+tables equal to a fresh index.
+
+Scenario numbers refer to the list in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from indexer import recovery, store
+from indexer.chain.errors import (
+    FatalRpcError,
+    InconsistentResponseError,
+    RangeTooLargeError,
+)
+from indexer.chain.http_source import HttpChainSource
+from indexer.chain.types import BlockHeader, Log, LogFilter
+from indexer.decode import TOPIC0, EventType
+from indexer.sync import Outcome, Trust
+from tests.fixtures.chains import deploy, send_tx
+from tests.fixtures.indexing import Harness
+from tests.fixtures.rpc_proxy import RpcProxy
+from tests.test_projections import add_master, add_user, domain_tables
+
+pytestmark = pytest.mark.anvil
+MakeHarness = Callable[..., Harness]
+ProxyFactory = Callable[..., RpcProxy]
+
+
+def _activity(h: Harness, dividends: int = 6) -> None:
+    for i in range(dividends):
+        send_tx(h.w3, h.contracts.distributor.functions.record(uuid.uuid4().bytes, i + 1))
+
+
+def _proxied(h: Harness, rpc_proxy_factory: ProxyFactory, **kwargs: Any) -> RpcProxy:
+    proxy = rpc_proxy_factory(h.node.url)
+    h.use_rpc(proxy.url, **kwargs)
+    return proxy
+
+
+def _unchanged(h: Harness, run: Callable[[], object]) -> None:
+    """``run`` must fail without writing anything."""
+
+    def snapshot() -> tuple[Any, ...]:
+        return (
+            store.load_state(h.conn, h.chain_id),
+            h.stored(),
+            store.counts(h.conn, h.chain_id),
+        )
+
+    h.syncer.ensure_state()  # the cursor row itself is created once, before any step
+    before = snapshot()
+    with pytest.raises(Exception) as info:
+        run()
+    assert snapshot() == before, info.value
+
+
+# 4 ------------------------------------------------------------------------------------------
+def test_log_block_hash_differs_from_header(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness()
+    _activity(h)
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.rewrite_log_block_hash(once=True)
+    with pytest.raises(InconsistentResponseError, match="log block hash differs"):
+        h.syncer.step()
+    assert h.stored() == [] and h.state().indexed_block is None
+    h.sync()
+    assert h.stored() == h.expected()
+
+
+class SplitSource:
+    """A load balancer sending ``eth_blockNumber`` to one node and the rest to another."""
+
+    def __init__(self, head_from: HttpChainSource, rest_from: HttpChainSource) -> None:
+        self.head_from, self.rest_from = head_from, rest_from
+
+    def chain_id(self) -> int:
+        return self.rest_from.chain_id()
+
+    def head(self) -> int:
+        return self.head_from.head()
+
+    def finalized(self) -> int | None:
+        return self.rest_from.finalized()
+
+    def fetch(
+        self, filters: Sequence[LogFilter], header_numbers: Sequence[int]
+    ) -> tuple[list[list[Log]], list[BlockHeader | None]]:
+        return self.rest_from.fetch(filters, header_numbers)
+
+    def headers(self, numbers: Sequence[int]) -> list[BlockHeader | None]:
+        return self.rest_from.headers(numbers)
+
+    def call(self, to: str, data: str, block_hash: str) -> str:
+        return self.rest_from.call(to, data, block_hash)
+
+    def close(self) -> None:
+        self.head_from.close()
+        self.rest_from.close()
+
+
+def test_lagging_node_null_header_and_empty_logs(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness()
+    _activity(h, 3)
+    h.sync()
+    indexed = h.state().indexed_block
+    _activity(h, 3)
+    lagging = rpc_proxy_factory(h.node.url).stale_head(indexed)  # has nothing new: [] and null
+    h.use_source(
+        SplitSource(HttpChainSource([h.node.url]), HttpChainSource([lagging.url], max_attempts=1))
+    )
+    _unchanged(h, h.syncer.step)  # null header for the new blocks: rule broken, nothing written
+    try:
+        h.syncer.step()
+    except InconsistentResponseError as exc:
+        assert "null header" in str(exc)
+    lagging.clear()
+    h.sync()
+    assert h.stored() == h.expected()
+
+
+class AlternatingSource(SplitSource):
+    """Every call goes to the next of two nodes, like a round-robin load balancer."""
+
+    def __init__(self, a: HttpChainSource, b: HttpChainSource) -> None:
+        super().__init__(a, b)
+        self._turn = 0
+
+    def _next(self) -> HttpChainSource:
+        self._turn += 1
+        return self.head_from if self._turn % 2 else self.rest_from
+
+    def head(self) -> int:
+        return self._next().head()
+
+    def finalized(self) -> int | None:
+        return self._next().finalized()
+
+    def fetch(
+        self, filters: Sequence[LogFilter], header_numbers: Sequence[int]
+    ) -> tuple[list[list[Log]], list[BlockHeader | None]]:
+        return self._next().fetch(filters, header_numbers)
+
+    def headers(self, numbers: Sequence[int]) -> list[BlockHeader | None]:
+        return self._next().headers(numbers)
+
+
+# 5 ------------------------------------------------------------------------------------------
+def test_load_balancer_between_two_heads_no_false_reorg(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness()
+    _activity(h, 4)
+    h.sync()
+    behind_at = h.state().indexed_block - 2
+    _activity(h, 4)
+    lagging = rpc_proxy_factory(h.node.url).stale_head(behind_at)
+    h.use_source(
+        AlternatingSource(
+            HttpChainSource([h.node.url]), HttpChainSource([lagging.url], max_attempts=1)
+        )
+    )
+    outcomes = []
+    for _ in range(30):
+        stored = h.stored()
+        try:
+            outcomes.append(h.syncer.step().outcome)
+        except InconsistentResponseError:
+            outcomes.append("inconsistent")
+            assert h.stored() == stored
+        assert Outcome.REORG not in outcomes and Outcome.HALTED not in outcomes
+        assert h.stored() == h.expected()[: len(h.stored())]  # a prefix: nothing deleted
+    assert Outcome.NODE_BEHIND in outcomes or "inconsistent" in outcomes
+    h.use_rpc(h.node.url)
+    h.sync()
+    assert h.stored() == h.expected()
+
+
+# 9 ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("hint", ["good", "useless", "none"])
+def test_too_many_results_narrows_the_range(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory, hint: str
+) -> None:
+    h = make_harness(finality_depth=2, max_block_range=1000)
+    _activity(h, 20)
+    proxy = _proxied(h, rpc_proxy_factory)
+    proxy.too_many_results(3, hint=hint)  # type: ignore[arg-type]
+    h.sync()
+    assert h.stored() == h.expected()
+    assert h.syncer._range <= 3
+
+
+def test_single_block_over_the_limit_is_reported(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness(finality_depth=2)
+    _activity(h, 3)
+    proxy = _proxied(h, rpc_proxy_factory)
+    proxy.too_many_results(0, hint="none")
+    with pytest.raises(RangeTooLargeError) as info:
+        h.syncer.step()
+    assert "eth_getLogs" in str(info.value) or "range" in str(info.value).lower()
+    assert h.stored() == []
+
+
+# 10 -----------------------------------------------------------------------------------------
+def test_rate_limits_and_timeouts_back_off_without_splitting(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness(finality_depth=2, max_block_range=50)
+    _activity(h, 10)
+    proxy = _proxied(h, rpc_proxy_factory, timeout=0.5, max_attempts=8)
+    proxy.rate_limit_next(3, retry_after=0.2).fail_next(2, status=503).delay(1.0, n=2)
+    h.sync()
+    assert h.stored() == h.expected()
+    assert h.syncer._range == 50  # no range splitting for rate limits and timeouts
+
+
+# 11 -----------------------------------------------------------------------------------------
+def test_fatal_rpc_error_fails_fast(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness()
+    _activity(h, 2)
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=5)
+    proxy.error_next(5, -32601, "the method eth_getLogs does not exist", method="eth_getLogs")
+    proxy.reset_log()
+    _unchanged(h, h.syncer.step)
+    assert sum(1 for post in proxy.posts if "eth_getLogs" in post) == 1  # never retried
+    with pytest.raises(FatalRpcError):
+        h.syncer.step()
+
+
+# 12 -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01"])
+def test_serialization_failure_and_deadlock_retry_the_whole_step(
+    make_harness: MakeHarness, sqlstate: str
+) -> None:
+    h = make_harness()
+    _activity(h, 5)
+    h.conn.execute(
+        # nextval() is not transactional: the count survives the rollback of the failed step.
+        "CREATE SEQUENCE fault_count;"
+        "CREATE FUNCTION fault_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF nextval('fault_count') <= 2 THEN "
+        "RAISE EXCEPTION 'injected' USING ERRCODE = '" + sqlstate + "'; END IF; "
+        "RETURN NULL; END $$;"
+        "CREATE TRIGGER fault AFTER INSERT ON indexer_blocks FOR EACH STATEMENT "
+        "EXECUTE FUNCTION fault_once();"
+    )
+    for _ in range(2):  # the batch is written up to its last statement, then refused
+        _unchanged(h, h.syncer.step)
+    h.sync()  # the whole step again: complete, nothing twice
+    assert h.stored() == h.expected()
+    assert h.conn.execute("SELECT last_value FROM fault_count").fetchone()[0] >= 3
+
+
+# 8 ------------------------------------------------------------------------------------------
+def test_same_range_indexed_twice_gives_identical_tables(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    artist = add_user(h, wallet=h.node.accounts[1])
+    master = uuid.uuid4()
+    add_master(h, master, artist)
+    registry = h.contracts.registry
+    send_tx(
+        h.w3,
+        registry.functions.deployMasterAndMint(master.bytes, "M", "M", h.node.accounts[1], 1, 5),
+    )
+    send_tx(h.w3, h.contracts.distributor.functions.record(master.bytes, 42))
+    send_tx(h.w3, h.contracts.factory.functions.deployCoin(artist.bytes, "C", "C", 10**18))
+    h.node.mine(3)
+    h.sync()
+
+    def tables() -> Any:
+        domain = domain_tables(h.conn)
+        # A coin row the indexer created is created again (new id): compare it without id.
+        domain["artist_coins"] = [row[1:] for row in domain["artist_coins"]]
+        return h.stored(), domain
+
+    first = tables()
+    assert first[1]["nft_shares"] and first[1]["artist_coins"]
+    recovery.rewind(h.conn, h.chain_id, 1, outbox=False)  # restart from an earlier block
+    h.sync()
+    assert tables() == first
+
+
+# 15 -----------------------------------------------------------------------------------------
+def test_backfill_and_live_paths_give_identical_tables(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    from indexer.sync import Syncer, SyncOptions, connect
+    from tests.fixtures.db import create_database, drop_database, fresh_database_name
+
+    h = make_harness(finality_depth=1000, near_head_range=3)  # all blocks inside the window
+    artist = add_user(h)
+    master = uuid.uuid4()
+    add_master(h, master, artist, tiers=(1, 1, 1, "4", "3", "2", "1"))
+    send_tx(
+        h.w3,
+        h.contracts.registry.functions.deployMasterAndMint(
+            master.bytes, "M", "M", h.node.accounts[2], 1, 6
+        ),
+    )
+    for i in range(5):
+        send_tx(h.w3, h.contracts.distributor.functions.record(master.bytes, i))
+    h.sync()
+    live = (h.stored(), domain_tables(h.conn))
+    name = fresh_database_name()
+    url = create_database(name, template=pg_template)
+    try:
+        with connect(url) as other:
+            for table in ("users", "masters", "ipo_configs"):
+                cols = [
+                    c.name for c in h.conn.execute(f"SELECT * FROM {table} LIMIT 0").description
+                ]
+                cols = [c for c in cols if c != "public_supply"]
+                rows = h.conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
+                other.cursor().executemany(
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+                    rows,
+                )
+            other.execute("UPDATE masters SET contract_address = NULL")
+            options = SyncOptions(finality_depth=0, max_block_range=4)  # all backfill
+            syncer = Syncer(h.source, other, h.chain_id, h.trust, options)
+            while syncer.step().outcome is not Outcome.CAUGHT_UP:
+                pass
+            backfilled = (
+                [tuple(r) for r in store.event_log(other, h.chain_id)],
+                domain_tables(other),
+            )
+        assert backfilled == live
+    finally:
+        drop_database(name)
+
+
+# 14 -----------------------------------------------------------------------------------------
+def test_bad_logs_from_trusted_emitters(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    forger = deploy(h.w3, "EventForger")
+    trusted = forger.address.lower()
+    h.syncer.trust = Trust(registry=None, dividends=frozenset({trusted}), coin_factory=None)
+    word = uuid.uuid4().bytes + bytes(16)
+    dividend = bytes.fromhex(TOPIC0[EventType.DIVIDEND_DEPOSITED][2:])
+    cases = [
+        ([bytes.fromhex("ab" * 32)], b"", "unknown event signature"),
+        ([], b"", "unknown event signature topic0=none"),  # log0: no topic at all
+        ([dividend, word], (7).to_bytes(16, "big"), "data is 16 bytes, expected 32"),
+        ([dividend, word[:16] + b"\x01" + bytes(15)], bytes(32), "non-zero padding"),
+        ([dividend, word], (2**256 - 1).to_bytes(32, "big"), None),  # uint256 max, exact
+        ([dividend, word], (2**255).to_bytes(32, "big"), None),  # int256 min's bit pattern
+    ]
+    for topics, data, _ in cases:
+        send_tx(h.w3, forger.functions.emitRaw(topics, data))
+    h.sync()
+    letters = [
+        r[0]
+        for r in h.conn.execute(
+            "SELECT reason FROM indexer_dead_letters ORDER BY block_number, log_index"
+        ).fetchall()
+    ]
+    expected_reasons = [c[2] for c in cases if c[2]]
+    assert len(letters) == len(expected_reasons)
+    for reason, expected in zip(letters, expected_reasons, strict=True):
+        assert expected in reason
+    raw = h.conn.execute("SELECT topics, data FROM indexer_dead_letters").fetchall()
+    assert all(r[1].startswith("0x") for r in raw)  # raw data kept
+    assert sorted(len(r[0]) for r in raw) == [0, 1, 2, 2]
+    amounts = [r[6]["amount"] for r in h.stored()]
+    assert amounts == [str(2**256 - 1), str(2**255)]
