@@ -25,7 +25,7 @@ from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.decode import TOPIC0, EventType
 from indexer.sync import Outcome, Trust
 from tests.fixtures.chains import deploy, send_tx
-from tests.fixtures.indexing import Harness
+from tests.fixtures.indexing import Harness, copy_backend_rows
 from tests.fixtures.rpc_proxy import RpcProxy
 from tests.test_projections import add_master, add_user, domain_tables
 
@@ -320,17 +320,7 @@ def test_backfill_and_live_paths_give_identical_tables(
     url = create_database(name, template=pg_template)
     try:
         with connect(url) as other:
-            for table in ("users", "masters", "ipo_configs"):
-                cols = [
-                    c.name for c in h.conn.execute(f"SELECT * FROM {table} LIMIT 0").description
-                ]
-                cols = [c for c in cols if c != "public_supply"]
-                rows = h.conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
-                other.cursor().executemany(
-                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
-                    rows,
-                )
-            other.execute("UPDATE masters SET contract_address = NULL")
+            copy_backend_rows(h.conn, other)
             options = SyncOptions(finality_depth=0, max_block_range=4)  # all backfill
             syncer = Syncer(h.source, other, h.chain_id, h.trust, options)
             while syncer.step().outcome is not Outcome.CAUGHT_UP:

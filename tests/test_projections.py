@@ -17,7 +17,7 @@ from indexer.decode import TOPIC0, EventType
 from indexer.sync import Syncer, Trust, connect
 from tests.fixtures.chains import deploy, send_tx
 from tests.fixtures.db import create_database, drop_database, fresh_database_name
-from tests.fixtures.indexing import Harness, anvil_reorg, reorg_tx
+from tests.fixtures.indexing import Harness, anvil_reorg, copy_backend_rows, reorg_tx
 
 pytestmark = pytest.mark.anvil
 MakeHarness = Callable[..., Harness]
@@ -333,19 +333,7 @@ def test_reorged_incremental_equals_rebuild_equals_fresh_index(
     url = create_database(name, template=pg_template)
     try:
         with connect(url) as fresh:
-            for table in ("users", "masters", "ipo_configs"):
-                cols = [
-                    d.name for d in h.conn.execute(f"SELECT * FROM {table} LIMIT 0").description
-                ]
-                cols = [c for c in cols if c != "public_supply"]
-                data = h.conn.execute(f"SELECT {', '.join(cols)} FROM {table}").fetchall()
-                with fresh.cursor() as cur:
-                    cur.executemany(
-                        f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
-                        f"({', '.join(['%s'] * len(cols))})",
-                        [tuple(r) for r in data],
-                    )
-            fresh.execute("UPDATE masters SET contract_address = NULL")
+            copy_backend_rows(h.conn, fresh)
             syncer = Syncer(h.source, fresh, h.chain_id, h.trust, h.options)
             while syncer.step().outcome.value != "caught_up":
                 pass
