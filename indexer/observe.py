@@ -472,6 +472,7 @@ class MetricsServer(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
     server: MetricsServer
     protocol_version = "HTTP/1.1"
 
