@@ -24,6 +24,7 @@ import pytest
 
 from indexer import failpoints, projections
 from indexer.chain.errors import RpcError
+from indexer.decode import TOPIC0, EventType
 from indexer.sync import Outcome, Syncer, connect
 from tests.fixtures.chains import deploy
 from tests.fixtures.db import create_database, drop_database, fresh_database_name
@@ -89,8 +90,11 @@ class World:
                 h.contracts.distributor.functions.record(master.bytes, rnd.randrange(2**256)), owner
             )
         if roll < 0.92:  # spoofed registry event from an untrusted contract
-            topics = [bytes.fromhex("9195a9ff4ab386c04aa9691a5f658e3872127e9f40cf1c9acb44572555878625"),
-                      master.bytes + bytes(16), bytes(12) + bytes.fromhex(shares.address[2:])]  # fmt: skip
+            topics = [
+                bytes.fromhex(TOPIC0[EventType.MASTER_REGISTERED][2:]),
+                master.bytes + bytes(16),
+                bytes(12) + bytes.fromhex(shares.address[2:]),
+            ]
             return reorg_tx(self.forger.functions.emitRaw(topics, b""), owner)
         return reorg_tx(
             h.contracts.factory.functions.deployCoin(uuid.uuid4().bytes, "C", "C", 10**18), owner
@@ -111,8 +115,8 @@ class World:
     def reorg(self) -> int:
         head = self.h.head()
         depth = self.rnd.randint(1, min(DEPTH, max(1, head - 5)))
-        replacement = [(tx, self.rnd.randrange(depth)) for tx in
-                       (self.tx() for _ in range(self.rnd.randint(0, 3))) if tx is not None]  # fmt: skip
+        txs = [self.tx() for _ in range(self.rnd.randint(0, 3))]
+        replacement = [(tx, self.rnd.randrange(depth)) for tx in txs if tx is not None]
         anvil_reorg(self.h.node, depth, replacement)
         return depth
 
