@@ -268,14 +268,18 @@ class OutboxPublisher:
         thread.start()
         return thread
 
-    def _sleep(self, stop_event: threading.Event, seconds: float) -> bool:
-        """Wait up to ``seconds`` (woken early by :meth:`notify`); True when stopping."""
+    def _sleep(self, stop_event: threading.Event, seconds: float, *, wake: bool = True) -> bool:
+        """Wait up to ``seconds`` (woken early by :meth:`notify` when ``wake``); True when
+        stopping. A backoff after a failure passes ``wake=False``: commits keep notifying while
+        Redis is down, and waking on each would retry at the commit rate, not the backoff's."""
         deadline = time.monotonic() + max(0.0, seconds)
         while not stop_event.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if self._wake.wait(min(left, 0.1)):
+            if not wake:
+                stop_event.wait(min(left, 0.1))
+            elif self._wake.wait(min(left, 0.1)):
                 self._wake.clear()
                 return stop_event.is_set()
         return True
@@ -304,7 +308,7 @@ class OutboxPublisher:
                         retry_in=round(delay, 2),
                         failures=backoff.failures,
                     )
-                    self._sleep(stop_event, delay)
+                    self._sleep(stop_event, delay, wake=False)
                     continue
                 except psycopg.Error as exc:
                     failing = "database"
@@ -316,7 +320,7 @@ class OutboxPublisher:
                         error=_first_line(exc),
                         retry_in=round(delay, 2),
                     )
-                    self._sleep(stop_event, delay)
+                    self._sleep(stop_event, delay, wake=False)
                     continue
                 except Exception as exc:  # a bug must not kill the thread or the daemon
                     failing = "error"
@@ -329,7 +333,7 @@ class OutboxPublisher:
                         retry_in=round(delay, 2),
                         exc_info=True,
                     )
-                    self._sleep(stop_event, delay)
+                    self._sleep(stop_event, delay, wake=False)
                     continue
                 if failing is not None:
                     log.info("outbox_publisher_recovered", after=failing, failures=backoff.failures)
