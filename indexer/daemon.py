@@ -32,6 +32,7 @@ from types import FrameType
 from typing import Any
 
 import psycopg
+import structlog
 
 from indexer import migrate, store
 from indexer.backoff import Backoff
@@ -292,6 +293,7 @@ class Daemon:
         except KeyboardInterrupt:
             return 0
         self.status.chain_id = chain_id
+        structlog.contextvars.bind_contextvars(chain_id=chain_id)  # on every log line from here
         self._check_schema()
         log.info(
             "starting",
