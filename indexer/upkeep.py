@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from indexer.db import create_engine
 from indexer.logs import get_logger
+from indexer.schema.audifi import MV_DAILY_MASTER_STATS
 from indexer.schema.partitions import ensure_partitions_ahead
 
 log = get_logger("audifi.upkeep")
@@ -48,10 +49,10 @@ class Upkeep:
         started = time.monotonic()
         with self._db().connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                sa.text("REFRESH MATERIALIZED VIEW CONCURRENTLY mv_daily_master_stats")
+                sa.text(f"REFRESH MATERIALIZED VIEW CONCURRENTLY {MV_DAILY_MASTER_STATS}")
             )
         elapsed = time.monotonic() - started
-        log.info("materialized_view_refreshed", view="mv_daily_master_stats", elapsed=elapsed)
+        log.info("materialized_view_refreshed", view=MV_DAILY_MASTER_STATS, elapsed=elapsed)
         return elapsed
 
     def run_due(self, now: float | None = None) -> None:

@@ -362,15 +362,6 @@ dividend_events = sa.Table(
 sa.Index("idx_dividends_master_block", dividend_events.c.master_id, dividend_events.c.block_number)
 
 MV_DAILY_MASTER_STATS = "mv_daily_master_stats"
-MV_DAILY_MASTER_STATS_SQL = """
-SELECT
-  date_trunc('day', created_at) AS date,
-  master_id,
-  COUNT(*) FILTER (WHERE event_type = 'view') AS views,
-  COUNT(*) FILTER (WHERE event_type = 'play') AS plays,
-  COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases
-FROM analytics_events
-GROUP BY date_trunc('day', created_at), master_id
-"""
-"""The seed's materialised view, unchanged. It gets a UNIQUE index (NULLS NOT DISTINCT, since
-``master_id`` may be NULL) so it can be refreshed CONCURRENTLY."""
+"""The seed's materialised view (created, unchanged, by migration 0001 — views are not part of
+SQLAlchemy metadata). It has a UNIQUE index (NULLS NOT DISTINCT, since ``master_id`` may be
+NULL) so that it can be refreshed CONCURRENTLY (``indexer/upkeep.py``)."""
