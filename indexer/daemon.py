@@ -402,6 +402,7 @@ class Daemon:
 
     def _record(self, result: StepResult, seconds: float) -> None:
         status = self.status
+        was_halted = status.halted
         status.last_step_at = time.time()
         status.head = result.head if result.head is not None else status.head
         status.halted = result.outcome is Outcome.HALTED
@@ -426,7 +427,7 @@ class Daemon:
             log.warning(
                 "reorg", depth=result.reorg_depth, ancestor=result.ancestor, hash=result.to_hash
             )
-        elif result.outcome is Outcome.HALTED:
+        elif result.outcome is Outcome.HALTED and not was_halted:  # once, not every poll
             log.error("halted", reason=result.reason)
         elif result.outcome is Outcome.NODE_BEHIND:
             log.warning("node_behind", reason=result.reason, head=result.head)
