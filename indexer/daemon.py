@@ -280,7 +280,6 @@ class Daemon:
             self.server = serve_http(
                 settings.http_host, settings.http_port, self.metrics, self.health
             )
-            log.info("http_listening", host=settings.http_host, port=self.server.port)
         try:
             return self._run()
         finally:
