@@ -37,6 +37,10 @@ typecheck: $(STAMP_PY)
 
 check: lint typecheck test
 
+bench: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m bench
+
 contracts: $(STAMP_NPM)
 	node scripts/compile_contracts.mjs
 

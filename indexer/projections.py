@@ -50,6 +50,10 @@ from indexer.decode import EventType
 from indexer.sync import Projector
 
 ZERO_ADDRESS = "0x" + "00" * 20
+_TRANSFER = EventType.TRANSFER.value
+_REGISTERED = EventType.MASTER_REGISTERED.value
+_DIVIDEND = EventType.DIVIDEND_DEPOSITED.value
+_COIN = EventType.ARTIST_COIN_DEPLOYED.value
 MASTERS_RESTORED = ("contract_address",)
 COINS_RESTORED = ("contract_address", "deployed_at", "name", "symbol", "total_supply")
 
@@ -123,20 +127,23 @@ class _Pass:
     wallets: set[str] = field(default_factory=set)
 
 
-def _from_row(row: store.EventRow) -> _Event:
-    return _Event(
-        row.block_number, row.log_index, row.block_time, row.block_hash, row.tx_hash,
-        row.address, row.event_type, row.args, row.context,
-    )  # fmt: skip
+_AnyEvent = _Event | store.EventRow
+"""Events of a batch are applied as they are; pending ones come back from the event log."""
 
 
 class AudifiProjector(Projector):
     def __init__(self) -> None:
         self._mint_counts: dict[uuid.UUID, int] = {}
+        self._users_seen: str | None = None
+        """Fingerprint of the users' wallets at the last re-link (None: unknown)."""
+        self._written: set[tuple[uuid.UUID, int]] | None = set()
+        """Shares written since the last re-link (None: too many to list)."""
 
     def forget(self) -> None:
         """Drop caches (after a rollback or a failed transaction)."""
         self._mint_counts.clear()
+        self._users_seen = None
+        self._written = set()
 
     # -- chain reads before the transaction ------------------------------------------------
     def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
@@ -154,7 +161,7 @@ class AudifiProjector(Projector):
             pending = _load_pending(conn, chain_id)
             contracts = store.load_registrations(conn, chain_id)
             contracts.update((r.address, r) for r in batch.registrations)
-            new = [_from_row(e) for e in batch.events]
+            new: list[_AnyEvent] = list(batch.events)
             applied = self._apply_events(conn, chain_id, [*pending, *new], contracts)
         except BaseException:
             self.forget()
@@ -171,72 +178,120 @@ class AudifiProjector(Projector):
                 contracts = store.load_registrations(conn, chain_id)
                 applied = self._apply_events(conn, chain_id, pending, contracts)
                 _mark_applied(conn, chain_id, applied)
-            relink_owners(conn)
+            self._relink(conn)
         except BaseException:
             self.forget()
             raise
         return len(applied)
 
+    def _relink(self, conn: store.Conn) -> None:
+        """:func:`relink_owners`, on every share when the users' wallets changed since the last
+        re-link (or that is unknown), else only on the shares written since then — those were
+        linked at write time, to the users as they were at that moment. So a poll costs
+        O(users + new shares) instead of O(all shares); the result is the same."""
+        seen = _users_fingerprint(conn)
+        written = self._written
+        if seen != self._users_seen or written is None:
+            relink_owners(conn)
+        elif written:
+            relink_owners(conn, shares=written)
+        self._users_seen = seen
+        self._written = set()
+
+    def _note_written(self, keys: Iterable[tuple[uuid.UUID, int]]) -> None:
+        if self._written is not None:
+            self._written.update(keys)
+            if len(self._written) > _MAX_NOTED_SHARES:
+                self._written = None  # the next re-link covers every share
+
     def _apply_events(
         self,
         conn: store.Conn,
         chain_id: int,
-        events: Sequence[_Event],
+        events: Sequence[_AnyEvent],
         contracts: dict[str, store.Registration],
     ) -> list[tuple[int, int]]:
         """Apply ``events`` (chain order) whose rows exist; return their positions."""
         if not events:
             return []
-        masters = _existing(conn, "masters", {_master_of(e, contracts) for e in events})
+        owners = [_master_of(e, contracts) for e in events]
+        masters = _existing(conn, "masters", set(owners))
         work = _Pass()
-        tiers: dict[uuid.UUID, TierConfig] = {}
+        tiers = self._prepare_mints(conn, events, owners, masters)
         blocked_masters: set[uuid.UUID] = set()
-        for event in events:
+        for event, master in zip(events, owners, strict=True):
             kind = event.event_type
-            if kind == EventType.ARTIST_COIN_DEPLOYED.value:
+            if kind == _COIN:
                 if _apply_coin(conn, chain_id, event):
                     work.applied.append(event.position)
                 continue
-            master = _master_of(event, contracts)
             if master is None or master not in masters or master in blocked_masters:
                 if master is not None:
                     blocked_masters.add(master)  # later events of it wait too (order)
                 continue
-            if kind == EventType.MASTER_REGISTERED.value:
+            if kind == _TRANSFER:
+                self._transfer(conn, event, master, work, tiers)
+            elif kind == _REGISTERED:
                 _snapshot(conn, chain_id, event, "masters", master)
                 conn.execute(
                     "UPDATE masters SET contract_address = %s WHERE id = %s",
                     (event.args["contractAddress"], master),
                 )
-            elif kind == EventType.DIVIDEND_DEPOSITED.value:
+            elif kind == _DIVIDEND:
                 work.dividends.append(
                     (master, int(event.args["amount"]), event.address, event.block_number,
                      event.block_hash, event.block_time, event.tx_hash, event.log_index)
                 )  # fmt: skip
-            elif kind == EventType.TRANSFER.value:
-                self._transfer(conn, event, master, work, tiers)
-            work.applied.append(event.position)
+            work.applied.append((event.block_number, event.log_index))
         _write_shares(conn, work)
+        self._note_written(work.shares)
         if work.dividends:
-            conn.cursor().executemany(
-                "INSERT INTO dividend_events (master_id, amount, contract_address, block_number, "
-                "block_hash, block_time, tx_hash, log_index) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                work.dividends,
-            )
+            with conn.cursor().copy(
+                "COPY dividend_events (master_id, amount, contract_address, block_number, "
+                "block_hash, block_time, tx_hash, log_index) FROM STDIN"
+            ) as copy:
+                store.write_copy_lines(copy, _dividend_lines(work.dividends))
         return work.applied
+
+    def _prepare_mints(
+        self,
+        conn: store.Conn,
+        events: Sequence[_AnyEvent],
+        owners: Sequence[uuid.UUID | None],
+        masters: set[uuid.UUID],
+    ) -> dict[uuid.UUID, TierConfig]:
+        """Read, in one query each, what the mints of this pass need: the applied-mint counts
+        of masters not in the cache yet and the tier configuration of every minted master."""
+        minted: set[uuid.UUID] = set()
+        for event, master in zip(events, owners, strict=True):
+            if (
+                master is not None
+                and master not in minted
+                and master in masters
+                and event.event_type == _TRANSFER
+                and event.args["from"] == ZERO_ADDRESS
+            ):
+                minted.add(master)
+        if not minted:
+            return {}
+        uncached = minted - self._mint_counts.keys()
+        if uncached:
+            self._mint_counts.update(_applied_mint_counts(conn, uncached))
+        return _tier_configs(conn, minted)
 
     def _transfer(
         self,
         conn: store.Conn,
-        event: _Event,
+        event: _AnyEvent,
         master: uuid.UUID,
         work: _Pass,
         tiers: dict[uuid.UUID, TierConfig],
     ) -> None:
         token = int(event.args["tokenId"])
         sender, receiver = event.args["from"], event.args["to"]
-        share = work.shares.setdefault((master, token), _Share())
+        share = work.shares.get((master, token))
+        if share is None:
+            share = work.shares[(master, token)] = _Share()
         owner = None if receiver == ZERO_ADDRESS else receiver
         if sender == ZERO_ADDRESS:
             if master not in self._mint_counts:
@@ -269,16 +324,15 @@ class AudifiProjector(Projector):
             (chain_id, ancestor),
         )
         restore_snapshots(conn, chain_id, above=ancestor)
-        for master, token in touched:
-            recompute_share(conn, chain_id, master, int(token), up_to=ancestor)
+        recompute_shares(conn, chain_id, [(m, int(t)) for m, t in touched], up_to=ancestor)
 
 
 # ------------------------------------------------------------------------------- helpers
-def _master_of(event: _Event, contracts: dict[str, store.Registration]) -> uuid.UUID | None:
-    if event.event_type == EventType.TRANSFER.value:
+def _master_of(event: _AnyEvent, contracts: dict[str, store.Registration]) -> uuid.UUID | None:
+    if event.event_type == _TRANSFER:
         registration = contracts.get(event.address)
         return registration.master_id if registration else None
-    if event.event_type == EventType.ARTIST_COIN_DEPLOYED.value:
+    if event.event_type == _COIN:
         return None
     return uuid.UUID(event.args["masterId"])
 
@@ -337,12 +391,49 @@ def _applied_mints(
     return int(row[0]) if row else 0
 
 
+def _applied_mint_counts(conn: store.Conn, masters: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """:func:`_applied_mints` of several masters in one query (0 where there is none)."""
+    wanted = list(masters)
+    counts = dict.fromkeys(wanted, 0)
+    # Each contract's events through its (chain, address, block) index (OFFSET 0 keeps the
+    # planner on it whatever the table statistics say).
+    rows = conn.execute(
+        "SELECT c.master_id, count(*) FROM indexer_contracts c CROSS JOIN LATERAL ("
+        "  SELECT e.applied, e.event_type, e.args->>'from' AS sender FROM indexer_events e"
+        "  WHERE e.chain_id = c.chain_id AND e.address = c.address OFFSET 0) e "
+        "WHERE c.master_id = ANY(%s) AND e.applied AND e.event_type = 'Transfer' "
+        "AND e.sender = %s GROUP BY c.master_id",
+        (wanted, ZERO_ADDRESS),
+    ).fetchall()
+    counts.update((r[0], int(r[1])) for r in rows)
+    return counts
+
+
+_TIER_COLUMNS = (
+    "tier1_count, tier2_count, tier3_count, tier1_royalty, tier2_royalty, tier3_royalty, "
+    "tier4_royalty"
+)
+
+
+def _tier_configs(conn: store.Conn, masters: Iterable[uuid.UUID]) -> dict[uuid.UUID, TierConfig]:
+    """:func:`_tier_config` of several masters in one query."""
+    wanted = list(masters)
+    rows = conn.execute(
+        f"SELECT master_id, {_TIER_COLUMNS} FROM ipo_configs WHERE master_id = ANY(%s)",
+        (wanted,),
+    ).fetchall()
+    found = {r[0]: _tiers_from_row(r[1:]) for r in rows}
+    return {m: found.get(m, DEFAULT_TIERS) for m in wanted}
+
+
 def _tier_config(conn: store.Conn, master: uuid.UUID) -> TierConfig:
     row = conn.execute(
-        "SELECT tier1_count, tier2_count, tier3_count, tier1_royalty, tier2_royalty, "
-        "tier3_royalty, tier4_royalty FROM ipo_configs WHERE master_id = %s",
-        (master,),
+        f"SELECT {_TIER_COLUMNS} FROM ipo_configs WHERE master_id = %s", (master,)
     ).fetchone()
+    return _tiers_from_row(row)
+
+
+def _tiers_from_row(row: Sequence[Any] | None) -> TierConfig:
     if row is None:
         return DEFAULT_TIERS
     d = DEFAULT_TIERS
@@ -368,13 +459,23 @@ def _user_ids(conn: store.Conn, wallets: Iterable[str]) -> dict[str, uuid.UUID]:
     return {r[0]: r[1] for r in rows}
 
 
-_UPSERT_SHARE = (
-    "INSERT INTO nft_shares (master_id, token_id, owner_id, owner_wallet, tier, royalty_percent,"
-    " minted_at, last_transfer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+_ON_SHARE_CONFLICT = (
     "ON CONFLICT (master_id, token_id) DO UPDATE SET owner_id = EXCLUDED.owner_id, "
     "owner_wallet = EXCLUDED.owner_wallet, tier = EXCLUDED.tier, "
     "royalty_percent = EXCLUDED.royalty_percent, minted_at = EXCLUDED.minted_at, "
     "last_transfer = EXCLUDED.last_transfer"
+)
+_UPSERT_SHARE = (
+    "INSERT INTO nft_shares (master_id, token_id, owner_id, owner_wallet, tier, royalty_percent,"
+    " minted_at, last_transfer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) " + _ON_SHARE_CONFLICT
+)
+# Emptied at the end of every transaction; created once per session (IF NOT EXISTS).
+_SHARE_TEMP_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS indexer_tmp_minted (master_id uuid, token_id numeric, "
+    "owner_id uuid, owner_wallet text, tier int, royalty_percent numeric, "
+    "minted_at timestamptz, last_transfer timestamptz) ON COMMIT DELETE ROWS; "
+    "CREATE TEMP TABLE IF NOT EXISTS indexer_tmp_moved (owner_id uuid, owner_wallet text, "
+    "last_transfer timestamptz, master_id uuid, token_id numeric) ON COMMIT DELETE ROWS"
 )
 
 
@@ -382,45 +483,119 @@ def _write_shares(conn: store.Conn, work: _Pass) -> None:
     if not work.shares:
         return
     users = _user_ids(conn, work.wallets)
-    minted, moved = [], []
-    for (master, token), s in work.shares.items():
-        owner_id = users.get(s.owner) if s.owner else None
-        if s.minted:
-            minted.append(
-                (master, token, owner_id, s.owner, s.tier, s.royalty, s.minted_at, s.last_transfer)
-            )
-        else:
-            moved.append((owner_id, s.owner, s.last_transfer, master, token))
+    minted, moved = _share_lines(work, users)
+    # Set-based: the rows go to session temp tables by COPY, then one statement each writes
+    # them (a (master, token) key appears once per pass, so each row is touched once).
+    conn.execute(_SHARE_TEMP_TABLES)
     cur = conn.cursor()
     if minted:
-        cur.executemany(_UPSERT_SHARE, minted)
+        with cur.copy(
+            "COPY indexer_tmp_minted (master_id, token_id, tier, royalty_percent, minted_at, "
+            "owner_id, owner_wallet, last_transfer) FROM STDIN"
+        ) as copy:
+            store.write_copy_lines(copy, minted)
+        cur.execute(
+            "INSERT INTO nft_shares (master_id, token_id, owner_id, owner_wallet, tier, "
+            "royalty_percent, minted_at, last_transfer) SELECT master_id, token_id, owner_id, "
+            "owner_wallet, tier, royalty_percent, minted_at, last_transfer "
+            "FROM indexer_tmp_minted " + _ON_SHARE_CONFLICT
+        )
     if moved:
-        cur.executemany(
-            "UPDATE nft_shares SET owner_id = %s, owner_wallet = %s, last_transfer = %s "
-            "WHERE master_id = %s AND token_id = %s",
-            moved,
+        with cur.copy(
+            "COPY indexer_tmp_moved (master_id, token_id, owner_id, owner_wallet, last_transfer) "
+            "FROM STDIN"
+        ) as copy:
+            store.write_copy_lines(copy, moved)
+        cur.execute(
+            "UPDATE nft_shares s SET owner_id = m.owner_id, owner_wallet = m.owner_wallet, "
+            "last_transfer = m.last_transfer FROM indexer_tmp_moved m "
+            "WHERE s.master_id = m.master_id AND s.token_id = m.token_id"
         )
 
 
-def relink_owners(conn: store.Conn) -> None:
-    """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively)."""
+def _share_lines(work: _Pass, users: dict[str, uuid.UUID]) -> tuple[list[str], list[str]]:
+    """COPY text lines of the minted and the moved shares of a pass (see
+    :func:`indexer.store.copy_line`; the columns that may be NULL come last)."""
+    text: dict[Any, str] = {}
+
+    def cached(value: Any) -> str:
+        rendered = text.get(value)
+        if rendered is None:
+            rendered = text[value] = store.copy_text(value)
+        return rendered
+
+    minted: list[str] = []
+    moved: list[str] = []
+    for (master, token), s in work.shares.items():
+        owner_id = users.get(s.owner) if s.owner else None
+        tail = f"{cached(owner_id)}\t{cached(s.owner)}\t{cached(s.last_transfer)}\n"
+        m = cached(master)
+        if s.minted:
+            minted_at = cached(s.minted_at)
+            line = store.copy_line(
+                f"{m}\t{token}\t{s.tier}\t{s.royalty}\t{minted_at}",
+                4,
+                (master, token, s.tier, s.royalty, s.minted_at),
+            )
+            minted.append(f"{line}\t{tail}")
+        else:
+            line = store.copy_line(f"{m}\t{token}", 1, (master, token))
+            moved.append(f"{line}\t{tail}")
+    return minted, moved
+
+
+def _dividend_lines(rows: Iterable[tuple[Any, ...]]) -> Iterable[str]:
+    """COPY text lines of ``dividend_events`` (master_id, amount, contract_address,
+    block_number, block_hash, block_time, tx_hash, log_index)."""
+    for row in rows:
+        master, amount, address, block, block_hash, time, tx_hash, log_index = row
+        values = (master, amount, address, block, block_hash, time.isoformat(), tx_hash, log_index)
+        line = "\t".join(map(str, values))
+        yield store.copy_line(line, 7, values) + "\n"
+
+
+_MAX_NOTED_SHARES = 10_000
+"""Beyond this many shares written between two polls (a backfill), re-link them all."""
+
+
+def _users_fingerprint(conn: store.Conn) -> str:
+    """Everything :func:`relink_owners` reads from ``users``, digested (O(users))."""
+    row = conn.execute(
+        "SELECT count(*) || ':' || coalesce(md5(string_agg(id::text || '=' || "
+        "lower(wallet_address) || '@' || coalesce(created_at::text, ''), ',' ORDER BY id)), '')"
+        " FROM users WHERE wallet_address IS NOT NULL"
+    ).fetchone()
+    return str(row[0]) if row else ""
+
+
+def relink_owners(conn: store.Conn, shares: Iterable[tuple[uuid.UUID, int]] | None = None) -> None:
+    """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively);
+    on every share, or only on ``shares`` ((master, token id) keys)."""
+    only = ""
+    params: tuple[Any, ...] | None = None
+    if shares is not None:
+        keys = list(shares)
+        only = " AND (s.master_id, s.token_id) IN (SELECT * FROM unnest(%s::uuid[], %s::numeric[]))"
+        params = ([k[0] for k in keys], [k[1] for k in keys])
     conn.execute(
         "UPDATE nft_shares s SET owner_id = u.id FROM ("
         "  SELECT DISTINCT ON (lower(wallet_address)) lower(wallet_address) AS wallet, id"
         "  FROM users WHERE wallet_address IS NOT NULL"
         "  ORDER BY lower(wallet_address), created_at, id) u "
-        "WHERE s.owner_wallet = u.wallet AND s.owner_id IS DISTINCT FROM u.id"
+        "WHERE s.owner_wallet = u.wallet AND s.owner_id IS DISTINCT FROM u.id" + only,
+        params,
     )
     conn.execute(
         "UPDATE nft_shares s SET owner_id = NULL WHERE s.owner_id IS NOT NULL AND NOT EXISTS ("
         "SELECT 1 FROM users u WHERE u.id = s.owner_id "
-        "AND lower(u.wallet_address) = s.owner_wallet)"
+        "AND lower(u.wallet_address) = s.owner_wallet)" + only,
+        params,
     )
 
 
 # ----------------------------------------------------------------------- coins & snapshots
 def _snapshot(
-    conn: store.Conn, chain_id: int, event: _Event, table: str, row_id: uuid.UUID | None
+    conn: store.Conn, chain_id: int, event: _AnyEvent, table: str, row_id: uuid.UUID | None
 ) -> None:
     """Keep the before-image of a backend row (NULL ``before``: the row is created now)."""
     if row_id is None:
@@ -432,7 +607,7 @@ def _snapshot(
     )
 
 
-def _apply_coin(conn: store.Conn, chain_id: int, event: _Event) -> bool:
+def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
     """Apply an ``ArtistCoinDeployed``; False when it must wait (no coin row, no artist)."""
     artist = uuid.UUID(event.args["artistId"])
     coin = (event.context or {}).get("coin") or {}
@@ -526,6 +701,77 @@ def recompute_share(
     conn.execute(
         _UPSERT_SHARE, (master, token, owner_id, owner, tier, royalty, minted_at, last_transfer)
     )
+
+
+def recompute_shares(
+    conn: store.Conn, chain_id: int, shares: Sequence[tuple[uuid.UUID, int]], up_to: int
+) -> None:
+    """:func:`recompute_share` of many shares at once, with the same result, in a fixed
+    number of statements: one reads the histories of the shares together with the Mover
+    Advantage ordinal of each mint (a window over the applied mints of their masters), one
+    each the tier configurations and the owners' users, then one delete and one upsert."""
+    if not shares:
+        return
+    wanted = sorted(set(shares), key=lambda s: (str(s[0]), s[1]))
+    # Each contract's events are read once, through its (chain, address, block) index: the
+    # MATERIALIZED steps and the OFFSET 0 fix that plan whatever the table statistics say.
+    # Ordinals count the applied mints of the master on every chain, as _applied_mints does.
+    rows = conn.execute(
+        "WITH t AS MATERIALIZED ("
+        "  SELECT * FROM unnest(%s::uuid[], %s::text[]) AS t(master_id, token)), "
+        "ev AS MATERIALIZED ("
+        "  SELECT c.chain_id, c.master_id, e.token, e.block_number, e.log_index, e.block_time,"
+        "  e.sender, e.receiver FROM indexer_contracts c CROSS JOIN LATERAL ("
+        "    SELECT e.args->>'tokenId' AS token, e.block_number, e.log_index, e.block_time,"
+        "    e.args->>'from' AS sender, e.args->>'to' AS receiver, e.event_type, e.applied"
+        "    FROM indexer_events e WHERE e.chain_id = c.chain_id AND e.address = c.address"
+        "    AND e.block_number <= %s OFFSET 0) e"
+        "  WHERE c.master_id IN (SELECT master_id FROM t)"
+        "  AND e.event_type = 'Transfer' AND e.applied), "
+        "k AS MATERIALIZED ("
+        "  SELECT ev.*, count(*) FILTER (WHERE sender = %s) OVER ("
+        "    PARTITION BY master_id ORDER BY block_number, log_index) AS k FROM ev) "
+        "SELECT k.master_id, k.token, k.block_number, k.log_index, k.block_time, "
+        "k.sender, k.receiver, k.k FROM k JOIN t "
+        "ON t.master_id = k.master_id AND t.token = k.token "
+        "WHERE k.chain_id = %s ORDER BY k.block_number, k.log_index",
+        ([m for m, _ in wanted], [str(t) for _, t in wanted], up_to, ZERO_ADDRESS, chain_id),
+    ).fetchall()
+    history: dict[tuple[uuid.UUID, str], list[tuple[Any, ...]]] = {}
+    for master, token, *rest in rows:
+        history.setdefault((master, token), []).append(tuple(rest))
+    gone: list[tuple[uuid.UUID, int]] = []
+    states: dict[tuple[uuid.UUID, int], tuple[Any, ...]] = {}
+    for master, token in wanted:
+        events = history.get((master, str(token)), [])
+        mints = [i for i, r in enumerate(events) if r[3] == ZERO_ADDRESS]
+        if not mints:
+            gone.append((master, token))
+            continue
+        start = mints[-1]
+        _, _, minted_at, _, receiver, ordinal = events[start]
+        owner = None if receiver == ZERO_ADDRESS else receiver
+        last_transfer = None
+        for _, _, time, _, to, _ in events[start + 1 :]:
+            owner = None if to == ZERO_ADDRESS else to
+            last_transfer = time
+        states[(master, token)] = (int(ordinal), minted_at, owner, last_transfer)
+    if gone:
+        conn.execute(
+            "DELETE FROM nft_shares s USING unnest(%s::uuid[], %s::numeric[]) AS g(m, t) "
+            "WHERE s.master_id = g.m AND s.token_id = g.t",
+            ([m for m, _ in gone], [t for _, t in gone]),
+        )
+    if not states:
+        return
+    tiers = _tier_configs(conn, {m for m, _ in states})
+    users = _user_ids(conn, [s[2] for s in states.values() if s[2]])
+    upserts = []
+    for (master, token), (ordinal, minted_at, owner, last_transfer) in states.items():
+        tier, royalty = tiers[master].tier_of(ordinal)
+        owner_id = users.get(owner) if owner else None
+        upserts.append((master, token, owner_id, owner, tier, royalty, minted_at, last_transfer))
+    conn.cursor().executemany(_UPSERT_SHARE, upserts)
 
 
 def rebuild(conn: store.Conn, chain_id: int) -> int:

@@ -15,6 +15,7 @@ Guarantees (the engine relies on them):
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class EventRow:
     @property
     def message_id(self) -> str:
         return f"{self.block_hash}:{self.log_index}"
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Chain order of the event: (block number, log index)."""
+        return (self.block_number, self.log_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,17 +234,7 @@ def write_batch(
             "COPY indexer_events (chain_id, block_number, block_hash, block_time, tx_hash, "
             "tx_index, log_index, address, event_type, args, context, applied) FROM STDIN"
         ) as copy:
-            applied = batch.applied
-            for e in batch.events:
-                copy.write_row(
-                    (
-                        chain_id, e.block_number, e.block_hash, e.block_time, e.tx_hash,
-                        e.tx_index, e.log_index, e.address, e.event_type,
-                        orjson.dumps(e.args).decode(),
-                        None if e.context is None else orjson.dumps(e.context).decode(),
-                        (e.block_number, e.log_index) in applied,
-                    )
-                )  # fmt: skip
+            write_copy_lines(copy, _event_lines(chain_id, batch.events, batch.applied))
     if batch.dead_letters:
         conn.cursor().executemany(
             "INSERT INTO indexer_dead_letters (chain_id, block_number, block_hash, tx_hash, "
@@ -290,6 +286,79 @@ def write_batch(
         "ignored_logs = ignored_logs + %s, updated_at = now() WHERE chain_id = %s",
         (batch.head.number, batch.head.hash, batch.ignored, chain_id),
     )
+
+
+# ------------------------------------------------------------------------------ COPY text
+# Rows of the large tables are rendered to COPY's text format here rather than value by value
+# by the driver (about twice as fast). Safety: every line is checked — it must hold exactly the
+# expected number of tab separators and no backslash, newline, carriage return or NUL — and a
+# line that fails the check is rendered again with every value escaped (:func:`copy_text`).
+# NULLs (``\N``) and values that may need escaping are appended after the check.
+
+_COPY_UNSAFE = re.compile(r"[\\\n\r\x00]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+COPY_CHUNK = 2000
+"""Lines per write: the server ingests a chunk while the next one is rendered."""
+
+
+def copy_text(value: object) -> str:
+    """One value in COPY text format: ``\\N`` for None, ``t``/``f``, ISO times, escaped text.
+    A NUL character cannot be stored in a PostgreSQL text value: :class:`psycopg.DataError`,
+    as the driver raises it."""
+    if value is None:
+        return "\\N"
+    if value is True or value is False:
+        return "t" if value else "f"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    text = str(value)
+    if "\x00" in text:
+        raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    return text.translate(_COPY_ESCAPES)
+
+
+def copy_line(line: str, separators: int, values: Sequence[object]) -> str:
+    """``line`` — ``values`` rendered and joined by tabs by the caller, no newline — when it
+    is safe as it is; else the values rendered again one by one, escaped."""
+    if line.count("\t") == separators and _COPY_UNSAFE.search(line) is None:
+        return line
+    return "\t".join(copy_text(v) for v in values)
+
+
+def write_copy_lines(copy: Any, lines: Iterable[str]) -> None:
+    """Send COPY text ``lines`` (each ending with a newline) in chunks."""
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= COPY_CHUNK:
+            copy.write("".join(chunk))
+            chunk.clear()
+    if chunk:
+        copy.write("".join(chunk))
+
+
+def _event_lines(
+    chain_id: int, events: Iterable[EventRow], applied: set[tuple[int, int]]
+) -> Iterable[str]:
+    """COPY lines of ``indexer_events`` (chain_id, block_number, block_hash, block_time,
+    tx_hash, tx_index, log_index, address, event_type, args, context, applied)."""
+    times: dict[dt.datetime, str] = {}
+    dumps = orjson.dumps
+    for e in events:
+        time = times.get(e.block_time)
+        if time is None:
+            time = times[e.block_time] = e.block_time.isoformat()
+        args = dumps(e.args).decode()
+        line = copy_line(
+            f"{chain_id}\t{e.block_number}\t{e.block_hash}\t{time}\t{e.tx_hash}\t"
+            f"{e.tx_index}\t{e.log_index}\t{e.address}\t{e.event_type}\t{args}",
+            9,
+            (chain_id, e.block_number, e.block_hash, time, e.tx_hash, e.tx_index, e.log_index,
+             e.address, e.event_type, args),
+        )  # fmt: skip
+        context = "\\N" if e.context is None else copy_text(dumps(e.context).decode())
+        flag = "t" if (e.block_number, e.log_index) in applied else "f"
+        yield f"{line}\t{context}\t{flag}\n"
 
 
 def event_message(chain_id: int, event: EventRow) -> dict[str, Any]:

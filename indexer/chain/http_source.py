@@ -46,7 +46,7 @@ from indexer.chain.rpc import JsonRpcClient, Observer, RpcCall
 from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.logs import get_logger
 
-__all__ = ["HttpChainSource", "parse_header", "parse_log"]
+__all__ = ["HttpChainSource", "gc_paused", "parse_header", "parse_log"]
 
 T = TypeVar("T")
 
@@ -104,7 +104,7 @@ def _converted(client: JsonRpcClient, method: str, convert: Callable[[], T]) -> 
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a large answer is decoded and converted.
 
     Decoding allocates hundreds of thousands of dicts and strings without any cycle; the
@@ -127,7 +127,7 @@ Fetched = tuple[list[list[Log]], list[BlockHeader | None]]
 
 def _fetch_on(client: JsonRpcClient, calls: Sequence[RpcCall], split: int) -> Fetched:
     """One batch on one endpoint: ``calls[:split]`` are eth_getLogs, the rest headers."""
-    with _gc_paused():
+    with gc_paused():
         results = client.batch(calls)
         logs = _converted(client, "eth_getLogs", lambda: [_parse_logs(r) for r in results[:split]])
         headers = _converted(
@@ -177,12 +177,23 @@ class HttpChainSource:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self._endpoints = [_Endpoint(JsonRpcClient(u, timeout, observer=observer)) for u in urls]
+        self._settings = (
+            tuple(urls), timeout, max_attempts, observer,
+            dict(backoff_base=backoff_base, backoff_max=backoff_max, max_wait=max_wait,
+                 rate_limit_pause=rate_limit_pause),
+        )  # fmt: skip
         self._current = 0
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
         self._max_wait = max_wait
         self._rate_limit_pause = rate_limit_pause
+
+    def clone(self) -> HttpChainSource:
+        """A new source with the same endpoints and settings and connections of its own (for
+        another thread: a source is not thread-safe). Cool-downs are not shared."""
+        urls, timeout, max_attempts, observer, options = self._settings
+        return HttpChainSource(urls, timeout, max_attempts, observer, **options)
 
     @property
     def endpoints(self) -> tuple[str, ...]:
