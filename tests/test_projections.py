@@ -17,7 +17,13 @@ from indexer.decode import TOPIC0, EventType
 from indexer.sync import Syncer, Trust, connect
 from tests.fixtures.chains import deploy, send_tx
 from tests.fixtures.db import create_database, drop_database, fresh_database_name
-from tests.fixtures.indexing import Harness, anvil_reorg, copy_backend_rows, reorg_tx
+from tests.fixtures.indexing import (
+    Harness,
+    anvil_reorg,
+    copy_backend_rows,
+    domain_tables,
+    reorg_tx,
+)
 
 pytestmark = pytest.mark.anvil
 MakeHarness = Callable[..., Harness]
@@ -52,21 +58,6 @@ def shares_of(conn: Any, master: uuid.UUID) -> list[tuple[Any, ...]]:
         "last_transfer IS NOT NULL FROM nft_shares WHERE master_id = %s ORDER BY token_id",
         (master,),
     ).fetchall()
-
-
-DOMAIN_QUERIES = {
-    "masters": "SELECT id, contract_address FROM masters ORDER BY id",
-    "nft_shares": "SELECT master_id, token_id, owner_id, owner_wallet, tier, royalty_percent, "
-    "minted_at, last_transfer FROM nft_shares ORDER BY master_id, token_id",
-    "dividend_events": "SELECT master_id, amount, contract_address, block_number, block_hash, "
-    "block_time, tx_hash, log_index FROM dividend_events ORDER BY block_number, log_index",
-    "artist_coins": "SELECT id, artist_id, name, symbol, contract_address, total_supply, "
-    "deployed_at FROM artist_coins ORDER BY artist_id",
-}
-
-
-def domain_tables(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
-    return {name: conn.execute(sql).fetchall() for name, sql in DOMAIN_QUERIES.items()}
 
 
 def test_mover_advantage_transfers_burns_dividends(make_harness: MakeHarness) -> None:

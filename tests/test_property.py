@@ -41,7 +41,7 @@ from web3.contract import Contract
 from indexer.sync import Outcome, Syncer, SyncOptions, connect
 from tests.fixtures.chains import AnvilNode, deploy, deploy_audifi, send_tx
 from tests.fixtures.db import create_database, drop_database, fresh_database_name
-from tests.fixtures.indexing import Harness, anvil_reorg, copy_backend_rows
+from tests.fixtures.indexing import Harness, anvil_reorg, copy_backend_rows, domain_tables
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
@@ -523,7 +523,7 @@ class World:
         """SPEC §4.1: the domain tables equal a fresh index of the canonical chain (same
         backend rows, every one present from the start)."""
         h = self.h
-        incremental = domain_tables(h.conn)
+        incremental = domain_tables(h.conn, coin_ids=False)
         with connect(url) as fresh:
             copy_backend_rows(h.conn, fresh)
             syncer = Syncer(h.source, fresh, h.chain_id, h.trust, h.options)
@@ -531,7 +531,7 @@ class World:
                 if syncer.step().outcome is Outcome.CAUGHT_UP:
                     break
             syncer.reconcile()
-            rebuilt = domain_tables(fresh)
+            rebuilt = domain_tables(fresh, coin_ids=False)
         for table, rows in incremental.items():
             assert rows == rebuilt[table], self.fail_message(
                 f"{table} differs from a fresh index: {len(rows)} rows vs {len(rebuilt[table])};"
@@ -539,21 +539,6 @@ class World:
                 f"fresh {[r for r in rebuilt[table] if r not in rows][:3]}"
             )
         stats.domain_rows += sum(len(rows) for rows in incremental.values())
-
-
-DOMAIN_QUERIES = {
-    "masters": "SELECT id, contract_address FROM masters ORDER BY id",
-    "nft_shares": "SELECT master_id, token_id, owner_id, owner_wallet, tier, royalty_percent, "
-    "minted_at, last_transfer FROM nft_shares ORDER BY master_id, token_id",
-    "dividend_events": "SELECT master_id, amount, contract_address, block_number, block_hash, "
-    "block_time, tx_hash, log_index FROM dividend_events ORDER BY block_number, log_index",
-    "artist_coins": "SELECT artist_id, name, symbol, contract_address, total_supply, "
-    "deployed_at FROM artist_coins ORDER BY artist_id, contract_address",
-}
-
-
-def domain_tables(conn: Any) -> dict[str, list[tuple[Any, ...]]]:
-    return {name: conn.execute(sql).fetchall() for name, sql in DOMAIN_QUERIES.items()}
 
 
 @pytest.fixture
