@@ -42,7 +42,7 @@ from __future__ import annotations
 import enum
 import itertools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -503,7 +503,6 @@ class Syncer:
         trust: Trust,
         options: SyncOptions,
         projector: Projector | None = None,
-        on_ignored: Callable[[int], None] | None = None,
     ) -> None:
         self.source = source
         self.conn = conn
@@ -520,7 +519,6 @@ class Syncer:
         self._ceiling = options.max_block_range
         """Largest backfill range: ``max_block_range``, lowered by "too many results"."""
         self._range = min(options.max_block_range, INITIAL_BACKFILL_RANGE)
-        self.on_ignored = on_ignored
         self._prefetch: _Prefetch | None = None
         self._prefetch_source: ChainSource | None = None
         self._prefetch_thread: threading.Thread | None = None
