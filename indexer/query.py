@@ -200,26 +200,26 @@ def _count_holders(bind: Bind, master_id: uuid.UUID) -> int:
     return int(rows[0][0])
 
 
-def shares_of_wallet(bind: Bind, wallet: str, limit: int = 100, offset: int = 0) -> Page:
-    params: dict[str, Any] = {"w": as_address(wallet, "wallet"), **_page(limit, offset)}
+def _shares_page(bind: Bind, where: str, params: dict[str, Any]) -> Page:
+    """A page of shares matching ``where`` (a condition on ``nft_shares``), in a stable order."""
     rows = _rows(
         bind,
-        f"SELECT {_SHARE_COLUMNS}, count(*) OVER () FROM nft_shares WHERE owner_wallet = :w "
+        f"SELECT {_SHARE_COLUMNS}, count(*) OVER () FROM nft_shares WHERE {where} "
         "ORDER BY master_id, token_id LIMIT :limit OFFSET :offset",
         params,
     )
-    return Page(tuple(_share(r) for r in rows), int(rows[0][8]) if rows else 0, limit, offset)
+    total = int(rows[0][8]) if rows else 0
+    return Page(tuple(_share(r) for r in rows), total, params["limit"], params["offset"])
+
+
+def shares_of_wallet(bind: Bind, wallet: str, limit: int = 100, offset: int = 0) -> Page:
+    params = {"w": as_address(wallet, "wallet"), **_page(limit, offset)}
+    return _shares_page(bind, "owner_wallet = :w", params)
 
 
 def shares_of_user(bind: Bind, user_id: uuid.UUID | str, limit: int = 100, offset: int = 0) -> Page:
-    params: dict[str, Any] = {"u": as_uuid(user_id, "user"), **_page(limit, offset)}
-    rows = _rows(
-        bind,
-        f"SELECT {_SHARE_COLUMNS}, count(*) OVER () FROM nft_shares WHERE owner_id = :u "
-        "ORDER BY master_id, token_id LIMIT :limit OFFSET :offset",
-        params,
-    )
-    return Page(tuple(_share(r) for r in rows), int(rows[0][8]) if rows else 0, limit, offset)
+    params = {"u": as_uuid(user_id, "user"), **_page(limit, offset)}
+    return _shares_page(bind, "owner_id = :u", params)
 
 
 # ------------------------------------------------------------------------------- dividends
