@@ -22,6 +22,7 @@ from bench.live import run_live_and_reorgs, summarize_reorgs
 from bench.naive import run_naive
 from bench.profile import summarize
 from bench.rpc import Rpc
+from bench.write_floor import WriteFloor, measure_write_floor
 from indexer.contracts import REPO_ROOT
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -134,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                     f"floor: {floor.logs:,} logs in {floor.parsed_seconds:.3f}s parsed "
                     f"({floor.bytes_seconds:.3f}s bytes only) = {floor_rate:,.0f} events/s"
                 )
+                write_floor = measure_write_floor(srv, url)
+                say(
+                    f"write floor: the backfill's final rows "
+                    f"({', '.join(f'{n:,} {t}' for t, n in write_floor.rows.items())}) by COPY "
+                    f"in one transaction: {write_floor.seconds:.2f}s = "
+                    f"{write_floor.events_per_s(backfill.events):,.0f} events/s"
+                )
                 naive = None
                 if not args.skip_naive:
                     naive = run_naive(node.url, url, info, ranges, args.naive_events)
@@ -169,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             live,
             reorgs,
             profile,
+            write_floor=write_floor,
             cpu=cpu,
             run_rates=run_rates,
             db_settings=db_settings,
@@ -282,6 +291,7 @@ def _result(
     reorgs: Any,
     profile: Any,
     *,
+    write_floor: WriteFloor,
     cpu: dict[str, Any],
     run_rates: list[int],
     db_settings: dict[str, str],
@@ -314,6 +324,8 @@ def _result(
         "reorg_8_s": round(reorg_summary["8"]["max_s"], 3) if reorgs else None,
         "reorg_32_s": round(reorg_summary["32"]["max_s"], 3) if reorgs else None,
         "rpc_requests": backfill.summary["http_requests"],
+        "write_floor_events_per_s": round(write_floor.events_per_s(events)),
+        "write_floor_ratio_to_floor": round(write_floor.events_per_s(events) / floor_rate, 3),
     }
     result["targets"] = report.check_targets(result)
     result["details"] = {
@@ -361,6 +373,12 @@ def _result(
             "bytes_events_per_s": round(floor_bytes_rate),
             "ratio_bytes": round(rate / floor_bytes_rate, 3),
             "runs": floor.runs,
+        },
+        "write_floor": {
+            "rows": write_floor.rows,
+            "seconds": round(write_floor.seconds, 3),
+            "postgres_cpu_s": write_floor.postgres_cpu_s,
+            "backfill_ratio_to_write_floor": round(rate / write_floor.events_per_s(events), 3),
         },
         "naive": None
         if naive is None

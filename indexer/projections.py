@@ -506,10 +506,15 @@ def _write_shares(conn: store.Conn, work: _Pass) -> None:
             "FROM STDIN"
         ) as copy:
             store.write_copy_lines(copy, moved)
+        # Through the (master_id, token_id) index, one probe per moved share: the planner
+        # knows nothing of the temp table and would hash all of nft_shares on every batch
+        # (a backfill's cost then grows with the table: ~0.4 s per 100k events).
         cur.execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; "
             "UPDATE nft_shares s SET owner_id = m.owner_id, owner_wallet = m.owner_wallet, "
             "last_transfer = m.last_transfer FROM indexer_tmp_moved m "
-            "WHERE s.master_id = m.master_id AND s.token_id = m.token_id"
+            "WHERE s.master_id = m.master_id AND s.token_id = m.token_id; "
+            "SET LOCAL enable_hashjoin TO DEFAULT; SET LOCAL enable_mergejoin TO DEFAULT"
         )
 
 

@@ -101,12 +101,6 @@ indexer_events = sa.Table(
     ),
 )
 sa.Index(
-    "idx_indexer_events_type_block",
-    indexer_events.c.chain_id,
-    indexer_events.c.event_type,
-    indexer_events.c.block_number,
-)
-sa.Index(
     "idx_indexer_events_address_block",
     indexer_events.c.chain_id,
     indexer_events.c.address,
