@@ -3,12 +3,13 @@ a non-zero exit code, no traceback, and nothing stored touched (SPEC §4.6)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.fixtures.daemon import environ_without_audifi
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(
     *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")}
+    base = environ_without_audifi()
     return subprocess.run(
         [sys.executable, "-m", "indexer", *args],
         capture_output=True, text=True, env={**base, **(env or {})}, cwd=cwd, timeout=60,

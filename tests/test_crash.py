@@ -4,7 +4,6 @@ duplicate — the event log equal to the oracle's, the AudiFi tables complete.""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from indexer import store
 from indexer.failpoints import POINTS
 from indexer.sync import connect
 from tests.fixtures.chains import AnvilNode, deploy_audifi, send_tx
+from tests.fixtures.daemon import environ_without_audifi
 from tests.fixtures.truth import TrustedSet, canonical_event_log
 
 pytestmark = pytest.mark.anvil
@@ -54,7 +54,7 @@ def test_kill_9_at_each_point_of_a_step(
     for i in range(10):
         send_tx(node.w3, c.distributor.functions.record(master.bytes, i))
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")},
+        **environ_without_audifi(),
         "AUDIFI_DATABASE_URL": database_url,
         "AUDIFI_RPC_URL": node.url,
         "AUDIFI_MASTER_REGISTRY": c.registry.address,

@@ -37,6 +37,7 @@ from web3 import Web3
 
 from indexer import store
 from tests.fixtures.chains import AnvilNode, AudifiContracts, deploy, deploy_audifi, send_tx
+from tests.fixtures.daemon import daemon_env
 from tests.fixtures.truth import TrustedSet, canonical_event_log
 
 pytestmark = pytest.mark.anvil
@@ -180,25 +181,11 @@ class World:
         c = self.contracts
         return TrustedSet(c.registry.address, (c.distributor.address,), c.factory.address)
 
-    def env(self, **overrides: str) -> dict[str, str]:
-        """The daemon's whole configuration, from variables only (no config file)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")}
-        c = self.contracts
-        env.update(
-            AUDIFI_DATABASE_URL=self.database_url,
-            AUDIFI_RPC_URL=self.node.url,
-            AUDIFI_MASTER_REGISTRY=c.registry.address,
-            AUDIFI_DIVIDEND_CONTRACTS=c.distributor.address,
-            AUDIFI_COIN_FACTORY=c.factory.address,
-            AUDIFI_START_BLOCK="0",
-            AUDIFI_FINALITY_DEPTH="8",
-            AUDIFI_HTTP_PORT="0",
-            AUDIFI_POLL_INTERVAL="0.2",
-            AUDIFI_LOG_FORMAT="json",
-            AUDIFI_LOG_LEVEL="info",
-        )
-        env.update(overrides)
-        return env
+    def env(self, **overrides: object) -> dict[str, str]:
+        """The daemon's whole configuration, from variables only (no config file);
+        ``overrides`` as for :func:`daemon_env` (``max_block_range=3``)."""
+        settings = {"http_port": 0, "log_level": "info", **overrides}
+        return daemon_env(self.database_url, self.node.url, self.contracts, **settings)
 
     def head(self) -> int:
         return int(self.w3.eth.block_number)
@@ -307,7 +294,7 @@ def test_kill_9_at_random_moments_of_a_backfill(world: World, spawn: Callable[..
     rng = random.Random(seed)
     events = build_backfill(world, masters=80, shares=50, gap=10)  # ~1000 blocks
     head = world.head()
-    env = world.env(AUDIFI_MAX_BLOCK_RANGE="3")
+    env = world.env(max_block_range=3)
     cursors: list[int] = []
     kills = 0
     mid_backfill = 0
@@ -350,7 +337,7 @@ def test_sigterm_exits_zero_and_leaves_a_consistent_database(
 ) -> None:
     build_backfill(world, masters=20, shares=30, gap=6)
     head = world.head()
-    env = world.env(AUDIFI_MAX_BLOCK_RANGE="3")
+    env = world.env(max_block_range=3)
     # Mid-backfill.
     proc = spawn(env)
     proc.wait_for("batch_committed", count=3)
@@ -428,7 +415,7 @@ def test_status_json_and_table(world: World, spawn: Callable[..., Proc]) -> None
 def test_wrong_chain_id_stops_run_with_a_clear_message(
     world: World, spawn: Callable[..., Proc]
 ) -> None:
-    proc = spawn(world.env(AUDIFI_CHAIN_ID="1"))
+    proc = spawn(world.env(chain_id=1))
     started = time.monotonic()
     rc = proc.wait(timeout=20)
     stderr = proc.stderr()

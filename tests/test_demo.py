@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.daemon import environ_without_audifi
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +35,7 @@ def test_demo_runs_and_cleans_up() -> None:
     # private tmp folders: use a world-traversable one.
     tmp_path = Path(tempfile.mkdtemp(prefix="audifi-demo-test-"))
     tmp_path.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")}
+    env = environ_without_audifi()
     result = subprocess.run(
         [sys.executable, "-m", "indexer", "demo", "--data-dir", str(tmp_path / "demo")],
         capture_output=True,

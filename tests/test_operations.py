@@ -42,14 +42,15 @@ from indexer import store
 from indexer.localpg import LocalPostgres, free_port, start_local_postgres
 from indexer.projections import pending_count
 from tests.fixtures.chains import AnvilNode, AudifiContracts, deploy_audifi, send_tx
+from tests.fixtures.daemon import daemon_env, environ_without_audifi
 from tests.fixtures.db import ADMIN_URL
+from tests.fixtures.redis_server import PrivateRedis
 from tests.fixtures.rpc_proxy import RpcProxy
 from tests.fixtures.truth import TrustedSet, canonical_event_log
 
 pytestmark = pytest.mark.anvil
 
 ROOT = Path(__file__).resolve().parents[1]
-REDIS_SERVER = "/usr/bin/redis-server"
 PROMTOOL = "/usr/bin/promtool"
 STREAM = "audifi:events"
 STREAM_FIELDS = {"id", "type", "chain_id", "block_number", "block_hash", "tx_hash", "log_index"}
@@ -286,24 +287,10 @@ class World:
         return psycopg.connect(self.database_url, autocommit=True, connect_timeout=5)
 
     def env(self, rpc_url: str | None = None, **extra: Any) -> dict[str, str]:
-        """The daemon's environment: only AUDIFI_* variables of this world (no config file)."""
-        c = self.contracts
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")}
-        env.update(
-            AUDIFI_DATABASE_URL=self.database_url,
-            AUDIFI_RPC_URL=rpc_url or self.node.url,
-            AUDIFI_MASTER_REGISTRY=c.registry.address,
-            AUDIFI_DIVIDEND_CONTRACTS=c.distributor.address,
-            AUDIFI_COIN_FACTORY=c.factory.address,
-            AUDIFI_START_BLOCK="0",
-            AUDIFI_POLL_INTERVAL="0.2",
-            AUDIFI_FINALITY_DEPTH="8",
-            AUDIFI_MAX_BLOCK_RANGE="5",
-            AUDIFI_HTTP_HOST="127.0.0.1",
-            AUDIFI_LOG_FORMAT="json",
-        )
-        env.update({f"AUDIFI_{key.upper()}": str(value) for key, value in extra.items()})
-        return env
+        """The daemon's environment: only AUDIFI_* variables of this world (no config file);
+        ``extra`` as for :func:`daemon_env` (``redis_url=…``, ``max_block_range=3``)."""
+        settings = {"max_block_range": 5, "http_host": "127.0.0.1", **extra}
+        return daemon_env(self.database_url, rpc_url or self.node.url, self.contracts, **settings)
 
     # ------------------------------------------------------------ activity
 
@@ -423,69 +410,6 @@ def world(make_world: MakeWorld, database_url: str) -> World:
 # --------------------------------------------------------------------------------- private servers
 
 
-class PersistentRedis:
-    """A redis-server of the test's own on a free loopback port, with an append-only file in
-    ``workdir`` (fsync on every write), so a stop and restart keeps the stream. Stopped by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir),
-             "--daemonize", "no"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = self.client()
-        try:
-
-            def answers() -> bool:
-                assert self.proc is not None and self.proc.poll() is None, "redis-server died"
-                try:
-                    return bool(client.ping())
-                except redis.ConnectionError:
-                    return False
-
-            wait_for(answers, 10, "the private redis-server")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        """SIGTERM by PID (a clean shutdown flushes the append-only file), SIGKILL if stuck."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
-
-
-@pytest.fixture
-def persistent_redis(tmp_path: Path) -> Iterator[PersistentRedis]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.fail(f"{REDIS_SERVER} is missing: install the redis-server package")
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    server = PersistentRedis(workdir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def private_postgres() -> Iterator[LocalPostgres]:
     """A private PostgreSQL (indexer.localpg), migrated to head with ``audifi-indexer migrate``.
@@ -497,7 +421,7 @@ def private_postgres() -> Iterator[LocalPostgres]:
     server: LocalPostgres | None = None
     try:
         server = start_local_postgres(folder / "data")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIFI_")}
+        env = environ_without_audifi()
         cli = Path(sys.executable).with_name("audifi-indexer")
         command = [str(cli)] if cli.exists() else [sys.executable, "-m", "indexer"]
         done = subprocess.run(
@@ -539,7 +463,7 @@ def terminate_daemon_backends(database: str) -> int:
 
 @pytest.mark.slow
 def test_redis_outage_never_blocks_indexing_and_loses_no_message(
-    world: World, persistent_redis: PersistentRedis, daemons: StartDaemon
+    world: World, persistent_redis: PrivateRedis, daemons: StartDaemon
 ) -> None:
     world.activity(masters=2, mints=15, dividends=4)
     daemon = daemons(world.env(redis_url=persistent_redis.url), "redis")

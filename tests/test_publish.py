@@ -11,10 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,9 +30,9 @@ from indexer.observe import Metrics
 from indexer.publish import OutboxPublisher, pending_ids, stream_fields
 from indexer.reorg import BlockRef
 from indexer.sync import connect
+from tests.fixtures.redis_server import PrivateRedis
 
 CHAIN = 31337
-REDIS_SERVER = "/usr/bin/redis-server"
 ROOT = Path(__file__).resolve().parents[1]
 EVENT_FIELDS = {"id", "type", "chain_id", "block_number", "block_hash", "tx_hash", "log_index"}
 
@@ -140,74 +136,6 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-# --------------------------------------------------------------------------------- a private Redis
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """A redis-server of this test's own on a free loopback port; stopped by its pid."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.fail(f"{REDIS_SERVER} is missing: install the redis-server package")
-    server = PrivateRedis(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # --------------------------------------------------------------------------------- tests
