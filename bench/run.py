@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also profile a second backfill with py-spy (pip install py-spy)",
+        help="also profile a second backfill with py-spy (in the bench extra)",
     )
     p.add_argument("--rebuild-chain", action="store_true", help="ignore the cached chain")
     p.add_argument(
@@ -263,7 +263,7 @@ def _profile_backfill(
     srv: Any, info: bench_chain.ChainInfo, config: dict[str, Any], out: Path, say: Any
 ) -> dict[str, Any] | None:
     if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
-        say("profile: py-spy is not installed (pip install py-spy); skipped")
+        say("profile: py-spy is not installed (it comes with the bench extra); skipped")
         return None
     bench_chain.CACHE_DIR.mkdir(parents=True, exist_ok=True)
     path = bench_chain.CACHE_DIR / "profile.speedscope.json"  # large: kept out of results/
