@@ -311,10 +311,7 @@ class Daemon:
         other = store.other_chains(conn, chain_id)
         if other:
             conn.close()
-            return self._halted_forever(
-                f"this database was built for chain {other[0]}, the node is chain {chain_id}: "
-                "point AUDIFI_DATABASE_URL at the database of this chain"
-            )
+            return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
         syncer = Syncer(self.source, conn, chain_id, trust_from(settings), options_from(settings))
         backoff = Backoff()

@@ -54,6 +54,9 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
             if chain is not None
             else None
         )
+        # The daemon halts (writing nothing) on a database that holds only another chain's
+        # cursor; status derives the same halt from the same rows, so it survives restarts.
+        others = store.other_chains(conn, chain) if chain is not None and state is None else []
         pending = pending_count(conn, chain) if chain is not None else 0
         ignored_row = (
             conn.execute(
@@ -69,8 +72,10 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         "indexed_block": indexed,
         "indexed_hash": state.indexed_hash if state else None,
         "lag_blocks": (head - indexed) if head is not None and indexed is not None else None,
-        "halted": bool(state.halted) if state else False,
-        "halt_reason": state.halt_reason if state else None,
+        "halted": bool(state.halted) if state else bool(others),
+        "halt_reason": state.halt_reason
+        if state
+        else (store.foreign_chain_reason(others[0], chain) if others and chain else None),
         "pending": pending,
         "dead_letters": counts.get("dead_letters", 0),
         "ignored_logs": int(ignored_row[0]) if ignored_row else 0,

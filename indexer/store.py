@@ -155,6 +155,14 @@ def other_chains(conn: Conn, chain_id: int) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
+def foreign_chain_reason(stored_chain: int, node_chain: int) -> str:
+    """Why a database that holds another chain's cursor is not indexed (a halt: SPEC §8)."""
+    return (
+        f"this database was built for chain {stored_chain}, the node is chain {node_chain}: "
+        "point AUDIFI_DATABASE_URL at the database of this chain"
+    )
+
+
 def init_state(conn: Conn, chain_id: int, start_block: int) -> CursorState:
     conn.execute(
         "INSERT INTO indexer_state (chain_id, start_block) VALUES (%s, %s) "

@@ -495,6 +495,13 @@ def test_database_of_another_chain_halts_and_writes_nothing(
     assert snapshot() == before
     assert before[1:] == [0, 0, 0, 0]
     assert not proc.named("batch_committed")
+    # status says so too (SPEC §8), from the stored rows: a restart does not clear it
+    shown = cli(world.env(), "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["chain_id"] == 31337 and status["halted"] is True, status
+    assert "chain 1" in status["halt_reason"], status
+    assert snapshot() == before
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0, proc.stderr()
     assert "Traceback" not in proc.stderr()
