@@ -225,6 +225,7 @@ class Metrics:
             self.reorg_depth.observe(max(0, result.reorg_depth))
         if result.outcome in (Outcome.PROGRESSED, Outcome.REORG):
             self.batch_duration.observe(max(0.0, seconds))
+            self.db_write_duration.observe(max(0.0, result.db_seconds))
         self.halted.set(1 if result.outcome is Outcome.HALTED else 0)
 
     def rpc_observer(self, method: str, endpoint: str, outcome: str, seconds: float) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import enum
 import itertools
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,8 @@ class StepResult:
     reorg_depth: int = 0
     ancestor: int | None = None
     reason: str = ""
+    db_seconds: float = 0.0
+    """Wall time of the step's write transaction (batch or rollback), commit included."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,6 +766,7 @@ class Syncer:
             ignored=processed.ignored,
             other=processed.other,
         )
+        writing = time.perf_counter()
         try:
             with self.conn.transaction():
                 self._recheck_cursor(state)
@@ -779,6 +783,7 @@ class Syncer:
         except BaseException:
             self.forget_cache()
             raise
+        db_seconds = time.perf_counter() - writing
         failpoints.hit("after_commit")
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
@@ -797,6 +802,7 @@ class Syncer:
             ignored=processed.ignored,
             registrations=len(processed.registrations),
             event_counts=counts,
+            db_seconds=db_seconds,
         )
 
     def _recheck_cursor(self, planned: store.CursorState) -> None:
@@ -842,6 +848,7 @@ class Syncer:
                 self._recheck_cursor(state)
                 store.set_halt(self.conn, self.chain_id, reason)
             return StepResult(Outcome.HALTED, head=head, reason=reason)
+        writing = time.perf_counter()
         try:
             with self.conn.transaction():
                 self._recheck_cursor(state)
@@ -864,6 +871,7 @@ class Syncer:
             ancestor=ancestor.number,
             to_block=ancestor.number,
             to_hash=ancestor.hash,
+            db_seconds=time.perf_counter() - writing,
         )
 
 

@@ -176,6 +176,7 @@ def test_observe_step_updates_chain_metrics() -> None:
     assert _value(m, "audifi_indexer_lag_blocks") == 0
     assert _value(m, "audifi_indexer_lag_seconds") == 0
     assert _value(m, "audifi_indexer_batch_duration_seconds_count") == 3  # not CAUGHT_UP
+    assert _value(m, "audifi_indexer_db_write_duration_seconds_count") == 3
 
     m.observe_step(StepResult(Outcome.HALTED, reason="reorg deeper than the window"), 0.0)
     assert _value(m, "audifi_indexer_halted") == 1

@@ -830,6 +830,15 @@ def test_metrics_health_and_stored_halt(world: World, daemons: StartDaemon) -> N
     assert daemon.metric("audifi_indexer_indexed_block") == world.head()
     assert daemon.metric("audifi_indexer_halted") == 0
     assert daemon.metric("audifi_indexer_leader") == 1
+    # every committed batch is timed twice: the whole step and its write transaction
+    batches = daemon.metric("audifi_indexer_batch_duration_seconds_count") or 0
+    assert batches > 0
+    assert daemon.metric("audifi_indexer_db_write_duration_seconds_count") == batches
+    assert (
+        0
+        < (daemon.metric("audifi_indexer_db_write_duration_seconds_sum") or 0)
+        <= (daemon.metric("audifi_indexer_batch_duration_seconds_sum") or 0)
+    )
     rpc = [dict(labels) for n, labels in samples if n == "audifi_indexer_rpc_requests_total"]
     assert rpc and all({"method", "endpoint", "outcome"} <= set(r) for r in rpc)
 
