@@ -139,15 +139,18 @@ class Settings:
         return self.http_port != 0
 
     def describe(self) -> dict[str, Any]:
-        """All settings as a JSON-safe dict with URL passwords masked, for ``status`` and logs."""
+        """All settings as a JSON-safe dict with URL secrets masked (passwords, API keys in
+        the path or query), for ``status`` and logs."""
+        from indexer.chain.errors import mask_endpoint  # it builds on mask_url (no cycle here)
+
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name in _URL_FIELDS:
                 if isinstance(value, tuple):
-                    value = [mask_url(v) for v in value]
+                    value = [mask_endpoint(v) for v in value]
                 elif value is not None:
-                    value = mask_url(value)
+                    value = mask_endpoint(value)
             elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Path):

@@ -36,7 +36,7 @@ import structlog
 
 from indexer import migrate, store
 from indexer.backoff import Backoff
-from indexer.chain.errors import FatalRpcError, RangeTooLargeError, RpcError
+from indexer.chain.errors import FatalRpcError, RangeTooLargeError, RpcError, mask_endpoint
 from indexer.chain.http_source import HttpChainSource
 from indexer.chain.source import ChainSource
 from indexer.config import Settings, mask_url
@@ -297,7 +297,7 @@ class Daemon:
         log.info(
             "starting",
             chain_id=chain_id,
-            rpc=[mask_url(u) for u in settings.rpc_urls],
+            rpc=[mask_endpoint(u) for u in settings.rpc_urls],
             start_block=settings.start_block,
             confirmations=settings.confirmations,
             finality_depth=settings.finality_depth,

@@ -526,6 +526,20 @@ def test_mask_url(url: str, masked: str | None) -> None:
         assert out == "postgresql://u@h/db?password=***&sslmode=require"
 
 
+def test_describe_masks_rpc_api_keys_and_passwords() -> None:
+    """What logs and repr show of the settings: no password, no API key in a path or query."""
+    key = "0123456789abcdef0123456789abcdef"
+    settings = Settings(
+        database_url="postgresql://u:secret@h/db",
+        rpc_urls=(f"https://rpc.example/v3/{key}", f"http://u:secret@node:8545/?apikey={key}"),
+    )
+    shown = settings.describe()
+    text = repr(settings)
+    for out in (str(shown), text):
+        assert "secret" not in out and key not in out, out
+    assert shown["rpc_urls"][0] == "https://rpc.example/v3/***"
+
+
 # --------------------------------------------------------------------------------------------
 # Addresses
 
