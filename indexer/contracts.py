@@ -52,11 +52,15 @@ PRODUCTION_CONTRACTS: Final = (
 
 
 def abi_dir() -> Path:
-    """Directory holding ``<Name>.json`` ABI files (``$AUDIFI_ABI_DIR`` or ``<repo>/abis``)."""
+    """Directory holding ``<Name>.json`` ABI files: ``$AUDIFI_ABI_DIR``; else ``<repo>/abis``
+    (a checkout or editable install); else ``./abis`` when only that exists (a non-editable
+    install run from the checkout, as the systemd unit does)."""
     override = os.environ.get(ABI_DIR_ENV)
     if override:
         return Path(override)
-    return REPO_ROOT / "abis"
+    beside = REPO_ROOT / "abis"
+    here = Path.cwd() / "abis"
+    return here if not beside.is_dir() and here.is_dir() else beside
 
 
 def artifact_dir(root: Path = REPO_ROOT) -> Path:

@@ -6,7 +6,7 @@ Driver, HTTP and parsing errors are turned into these at the module boundaries, 
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DatabaseUnavailableError", "IndexerError"]
+__all__ = ["ConfigError", "DatabaseUnavailableError", "IndexerError", "MissingFilesError"]
 
 
 class IndexerError(Exception):
@@ -37,3 +37,10 @@ class DatabaseUnavailableError(IndexerError):
             "(AUDIFI_DATABASE_URL or database_url in the config file) names the right host, "
             "port, user and database."
         )
+
+
+class MissingFilesError(IndexerError, FileNotFoundError):
+    """Files the indexer ships with (alembic migrations, ABIs) are not where it looks.
+
+    The message lists the places tried and the variable that points at the right one.
+    """

@@ -22,22 +22,27 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from indexer.db import create_engine
-from indexer.errors import DatabaseUnavailableError
+from indexer.errors import DatabaseUnavailableError, MissingFilesError
 
 MIGRATION_LOCK_KEY = 0x415544494649  # "AUDIFI": an advisory lock id of our own
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def migrations_dir() -> Path:
-    """Where the alembic scripts are: ``AUDIFI_MIGRATIONS_DIR`` or the project's ``migrations/``."""
+    """Where the alembic scripts are: ``AUDIFI_MIGRATIONS_DIR``; else the project's
+    ``migrations/`` (beside the ``indexer`` package in a checkout or editable install); else
+    ``./migrations`` (a non-editable install run from the checkout, as the systemd unit does)."""
     override = os.environ.get("AUDIFI_MIGRATIONS_DIR")
-    path = Path(override) if override else PROJECT_ROOT / "migrations"
-    if not (path / "env.py").is_file():
-        raise FileNotFoundError(
-            f"alembic migrations not found in {path}; set AUDIFI_MIGRATIONS_DIR to the "
-            "project's migrations/ folder"
-        )
-    return path
+    candidates = (
+        [Path(override)] if override else [PROJECT_ROOT / "migrations", Path.cwd() / "migrations"]
+    )
+    for path in candidates:
+        if (path / "env.py").is_file():
+            return path
+    raise MissingFilesError(
+        f"alembic migrations not found in {' or '.join(str(c) for c in candidates)}; set "
+        "AUDIFI_MIGRATIONS_DIR to the project's migrations/ folder"
+    )
 
 
 def alembic_config(connection: sa.Connection | None = None) -> Config:

@@ -142,6 +142,20 @@ def test_abi_dir_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         load_abi("MasterRegistry")
 
 
+def test_abis_found_in_the_working_directory_of_a_plain_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A non-editable install (no abis/ beside the package) run from the checkout, as the
+    systemd unit does, loads ./abis."""
+    import indexer.contracts as contracts
+
+    monkeypatch.delenv("AUDIFI_ABI_DIR", raising=False)
+    monkeypatch.setattr(contracts, "REPO_ROOT", tmp_path / "site-packages")
+    monkeypatch.chdir(REPO_ROOT)
+    assert contracts.abi_dir() == REPO_ROOT / "abis"
+    assert load_abi("MasterShares")
+
+
 def test_source_hash_detects_changes(tmp_path: Path) -> None:
     shutil.copytree(REPO_ROOT / "contracts" / "src", tmp_path / "contracts" / "src")
     shutil.copy(REPO_ROOT / "contracts" / "solc-settings.json", tmp_path / "contracts")
