@@ -96,6 +96,10 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _ratio(value: float | None, base: float | None, digits: int) -> str:
+    return "–" if not value or not base else f"{value / base:.{digits}f}"
+
+
 def _naive_row(r: dict[str, Any], d: dict[str, Any]) -> str:
     if not d.get("naive"):
         return "| naive web3.py loop | not measured (`--skip-naive`) |"
@@ -159,9 +163,11 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
         _naive_row(r, d),
         f"| **our backfill**, end to end with the domain tables | "
         f"**{_fmt(r['backfill_events_per_s'])}/s** ({d['backfill']['seconds']:.2f} s) |",
-        f"| ratio to the floor (parsed; bytes only) | {r['ratio_to_floor']:.2f} "
-        f"({d['floor']['ratio_bytes']:.2f}) |",
-        f"| ratio to naive | {_fmt(r['ratio_to_naive'], 1)} |",
+        # ratios from the rates themselves: rounding an already rounded ratio can move it
+        f"| ratio to the floor (parsed; bytes only) | "
+        f"{_ratio(r['backfill_events_per_s'], r['floor_events_per_s'], 2)} "
+        f"({_ratio(r['backfill_events_per_s'], d['floor']['bytes_events_per_s'], 2)}) |",
+        f"| ratio to naive | {_ratio(r['backfill_events_per_s'], r['naive_events_per_s'], 1)} |",
         f"| RPC requests (HTTP) during the backfill | {_fmt(d['backfill']['http_requests'])}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(d["backfill"]["rpc_calls"].items()))
         + " |",
