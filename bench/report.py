@@ -176,7 +176,7 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
         f" {d['backfill']['ready_rss_mb']:.0f} MB before the first step) |",
         _live_row(r, d),
     ]
-    for depth, info in (d.get("reorgs") or {}).items():
+    for depth, info in sorted((d.get("reorgs") or {}).items(), key=lambda kv: int(kv[0])):
         lines.append(
             f"| reorg depth {depth}: median / max recovery | {info['median_s'] * 1000:.0f} / "
             f"{info['max_s'] * 1000:.0f} ms ({len(info['trials_s'])} trials, rows verified: "
@@ -189,7 +189,7 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
         "| target | met |",
         "|---|---|",
     ]
-    for item in targets.values():
+    for item in (targets[key] for key in TARGETS if key in targets):
         met = {True: "yes", False: "**no**", None: "not measured"}[item["met"]]
         lines.append(f"| {item['target']} | {met} |")
     cpu = d["backfill"].get("cpu") or {}
