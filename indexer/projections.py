@@ -125,6 +125,8 @@ class _Pass:
     dividends: list[tuple[Any, ...]] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)
     wallets: set[str] = field(default_factory=set)
+    effects: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
+    """What each applied event did to the AudiFi tables (for the Redis message's ``data``)."""
 
 
 _AnyEvent = _Event | store.EventRow
@@ -167,8 +169,11 @@ class AudifiProjector(Projector):
             self.forget()
             raise
         pending_positions = {e.position for e in pending}
-        _mark_applied(conn, chain_id, [p for p in applied if p in pending_positions])
-        batch.applied.update(p for p in applied if p not in pending_positions)
+        _mark_applied(conn, chain_id, [p for p in applied.applied if p in pending_positions])
+        batch.applied.update(p for p in applied.applied if p not in pending_positions)
+        batch.effects.update(
+            (p, effect) for p, effect in applied.effects.items() if p not in pending_positions
+        )
 
     def reconcile(self, conn: store.Conn, chain_id: int) -> int:
         try:
@@ -176,7 +181,7 @@ class AudifiProjector(Projector):
             applied: list[tuple[int, int]] = []
             if pending:
                 contracts = store.load_registrations(conn, chain_id)
-                applied = self._apply_events(conn, chain_id, pending, contracts)
+                applied = self._apply_events(conn, chain_id, pending, contracts).applied
                 _mark_applied(conn, chain_id, applied)
             self._relink(conn)
         except BaseException:
@@ -210,10 +215,11 @@ class AudifiProjector(Projector):
         chain_id: int,
         events: Sequence[_AnyEvent],
         contracts: dict[str, store.Registration],
-    ) -> list[tuple[int, int]]:
-        """Apply ``events`` (chain order) whose rows exist; return their positions."""
+    ) -> _Pass:
+        """Apply ``events`` (chain order) whose rows exist; return the pass (its ``applied``
+        positions and their ``effects``)."""
         if not events:
-            return []
+            return _Pass()
         owners = [_master_of(e, contracts) for e in events]
         masters = _existing(conn, "masters", set(owners))
         work = _Pass()
@@ -224,6 +230,10 @@ class AudifiProjector(Projector):
             if kind == _COIN:
                 if _apply_coin(conn, chain_id, event):
                     work.applied.append(event.position)
+                    work.effects[event.position] = {
+                        "artist_id": str(event.args["artistId"]),
+                        "coin_contract": str(event.args["contractAddress"]),
+                    }
                 continue
             if master is None or master not in masters or master in blocked_masters:
                 if master is not None:
@@ -237,11 +247,19 @@ class AudifiProjector(Projector):
                     "UPDATE masters SET contract_address = %s WHERE id = %s",
                     (event.args["contractAddress"], master),
                 )
+                work.effects[event.position] = {
+                    "master_id": str(master),
+                    "contract_address": str(event.args["contractAddress"]),
+                }
             elif kind == _DIVIDEND:
                 work.dividends.append(
                     (master, int(event.args["amount"]), event.address, event.block_number,
                      event.block_hash, event.block_time, event.tx_hash, event.log_index)
                 )  # fmt: skip
+                work.effects[event.position] = {
+                    "master_id": str(master),
+                    "amount_wei": str(event.args["amount"]),
+                }
             work.applied.append((event.block_number, event.log_index))
         _write_shares(conn, work)
         self._note_written(work.shares)
@@ -251,7 +269,7 @@ class AudifiProjector(Projector):
                 "block_hash, block_time, tx_hash, log_index) FROM STDIN"
             ) as copy:
                 store.write_copy_lines(copy, _dividend_lines(work.dividends))
-        return work.applied
+        return work
 
     def _prepare_mints(
         self,
@@ -302,10 +320,13 @@ class AudifiProjector(Projector):
             tier, royalty = tiers[master].tier_of(self._mint_counts[master])
             share.minted, share.tier, share.royalty = True, tier, royalty
             share.minted_at, share.owner, share.last_transfer = event.block_time, owner, None
+            effect = {"share": "minted", "tier": str(tier), "royalty_percent": str(royalty)}
         else:
             share.owner, share.last_transfer = owner, event.block_time
+            effect = {"share": "transferred" if owner else "burned"}
         if owner:
             work.wallets.add(owner)
+        work.effects[event.position] = {"master_id": str(master), "token_id": str(token), **effect}
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:

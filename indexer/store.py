@@ -109,6 +109,8 @@ class Batch:
     window: list[BlockHeader] = field(default_factory=list)
     applied: set[tuple[int, int]] = field(default_factory=set)
     """Positions of the events the projections applied (the others are pending)."""
+    effects: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
+    """What the projections did for an applied event (its Redis message's ``effect``)."""
     ignored: int = 0
     """Logs from untrusted emitters or from before a registration: counted, never stored."""
     other: int = 0
@@ -271,7 +273,7 @@ def write_batch(
             for e in batch.events:
                 copy.write_row(
                     (chain_id, e.message_id, e.event_type, e.block_number,
-                     orjson.dumps(event_message(chain_id, e)).decode())
+                     orjson.dumps(event_message(chain_id, e, _effect(batch, e))).decode())
                 )  # fmt: skip
     window = {h.number: h for h in batch.window}
     window[batch.head.number] = batch.head
@@ -369,8 +371,22 @@ def _event_lines(
         yield f"{line}\t{context}\t{flag}\n"
 
 
-def event_message(chain_id: int, event: EventRow) -> dict[str, Any]:
-    """The Redis stream message of an event (SPEC §8: fields of ``audifi:events``)."""
+def _effect(batch: Batch, event: EventRow) -> dict[str, Any]:
+    position = event.position
+    if position not in batch.applied:
+        return {"applied": False}  # pending: applied when its master / artist row exists
+    return {"applied": True, **batch.effects.get(position, {})}
+
+
+def event_message(
+    chain_id: int, event: EventRow, effect: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The Redis stream message of an event (SPEC §8: fields of ``audifi:events``). ``data``:
+    the decoded values (with the coin's chain reads), and under ``effect`` what the event did
+    to the AudiFi tables when it was committed (see docs/operations.md)."""
+    data: dict[str, Any] = event.args if event.context is None else {**event.args, **event.context}
+    if effect is not None:
+        data = {**data, "effect": effect}
     return {
         "id": event.message_id,
         "type": event.event_type,
@@ -379,7 +395,7 @@ def event_message(chain_id: int, event: EventRow) -> dict[str, Any]:
         "block_hash": event.block_hash,
         "tx_hash": event.tx_hash,
         "log_index": event.log_index,
-        "data": event.args if event.context is None else {**event.args, **event.context},
+        "data": data,
     }
 
 

@@ -566,6 +566,16 @@ def test_redis_outage_never_blocks_indexing_and_loses_no_message(
         assert entry["log_index"] == str(row[3])
         data = json.loads(entry["data"])
         assert {k: data.get(k) for k in row[6]} == row[6], (entry, row)
+        effect = data["effect"]  # what the event did to the AudiFi tables when committed
+        if effect["applied"] and row[5] == "Transfer":
+            assert effect["token_id"] == data["tokenId"], entry
+            assert effect["share"] in ("minted", "transferred", "burned"), entry
+            if effect["share"] == "minted":
+                assert effect["tier"] in ("1", "2", "3", "4"), entry
+        elif effect["applied"] and row[5] == "DividendDeposited":
+            assert effect["amount_wei"] == data["amount"], entry
+        else:
+            assert effect["applied"] in (True, False), entry
     report(f"stream: {len(entries)} entries, {len(first_seen)} distinct ids, all {len(stored)} "
            f"committed events present with the SPEC §8 fields")  # fmt: skip
 

@@ -331,3 +331,62 @@ def test_reorged_incremental_equals_rebuild_equals_fresh_index(
             assert domain_tables(fresh) == incremental
     finally:
         drop_database(name)
+
+
+def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> None:
+    """SPEC §8: a message's ``data`` holds the decoded values and the effect — here checked
+    against the rows the same batch wrote."""
+    h = make_harness(outbox=True)
+    alice_wallet, bob_wallet = h.node.accounts[1], h.node.accounts[2]
+    artist = add_user(h)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(1, 1, 1, "12.50", "6.00", "2.00", "0.50"))
+    send_tx(
+        h.w3,
+        h.contracts.registry.functions.deployMasterAndMint(
+            master_id.bytes, "M", "M", alice_wallet, 1, 4
+        ),
+    )
+    h.sync()
+    (shares_address,) = store.load_registrations(h.conn, h.chain_id)
+    shares = h.contracts.shares(h.w3.to_checksum_address(shares_address))
+    send_tx(h.w3, shares.functions.transferFrom(alice_wallet, bob_wallet, 2), sender=alice_wallet)
+    send_tx(h.w3, shares.functions.burn(3), sender=alice_wallet)
+    send_tx(h.w3, h.contracts.distributor.functions.record(master_id.bytes, 2**256 - 1))
+    stranger = uuid.uuid4()  # no masters row: its dividend waits
+    send_tx(h.w3, h.contracts.distributor.functions.record(stranger.bytes, 5))
+    h.sync()
+
+    messages = [
+        row[0]
+        for row in h.conn.execute(
+            "SELECT payload FROM indexer_outbox WHERE message_type <> 'rollback' ORDER BY id"
+        ).fetchall()
+    ]
+    effects = [(m["type"], m["data"]["effect"]) for m in messages]
+    master = str(master_id)
+    minted = [
+        {"applied": True, "master_id": master, "token_id": str(token), "share": "minted",
+         "tier": str(tier), "royalty_percent": royalty}
+        for token, (tier, royalty) in enumerate(
+            ((1, "12.50"), (2, "6.00"), (3, "2.00"), (4, "0.50")), start=1
+        )
+    ]  # fmt: skip
+    assert effects == [
+        ("MasterRegistered", {"applied": True, "master_id": master,
+                              "contract_address": shares_address}),
+        *[("Transfer", effect) for effect in minted],
+        ("Transfer", {"applied": True, "master_id": master, "token_id": "2",
+                      "share": "transferred"}),
+        ("Transfer", {"applied": True, "master_id": master, "token_id": "3", "share": "burned"}),
+        ("DividendDeposited", {"applied": True, "master_id": master,
+                               "amount_wei": str(2**256 - 1)}),
+        ("DividendDeposited", {"applied": False}),
+    ]  # fmt: skip
+    # the effect agrees with the rows: tiers and royalties as stored
+    stored = {(str(r[0]), str(r[3]), str(r[4])) for r in shares_of(h.conn, master_id)}
+    assert {(e["token_id"], e["tier"], e["royalty_percent"]) for e in minted} == stored
+    # and the decoded values are still there, next to the effect
+    assert messages[-1]["data"]["amount"] == "5" and messages[-1]["data"]["masterId"] == str(
+        stranger
+    )
