@@ -27,6 +27,8 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
+from indexer.errors import MissingFilesError
+
 __all__ = [
     "ABI_DIR_ENV",
     "PRODUCTION_CONTRACTS",
@@ -80,7 +82,7 @@ def load_abi(name: str) -> list[dict[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFilesError(
             f"ABI {path} not found (set {ABI_DIR_ENV} or run node scripts/compile_contracts.mjs)"
         ) from None
     if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
@@ -95,7 +97,7 @@ def load_artifact(name: str, root: Path = REPO_ROOT) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingFilesError(
             f"artifact {path} not found (run node scripts/compile_contracts.mjs)"
         ) from None
     if not isinstance(data, dict):

@@ -1,5 +1,6 @@
 """Drop ``idx_indexer_events_type_block``: no query of the indexer uses it, and it cost about
-an eighth of PostgreSQL's work per event written (measured by the benchmark, ``bench/``).
+an eighth of the cost of writing ``indexer_events`` rows (≈ 0.11 s per 100,000 events in the
+benchmark, ``bench/``).
 
 Revision ID: 0003
 Revises: 0002
