@@ -125,8 +125,9 @@ class _Pass:
     dividends: list[tuple[Any, ...]] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)
     wallets: set[str] = field(default_factory=set)
-    effects: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
-    """What each applied event did to the AudiFi tables (for the Redis message's ``data``)."""
+    effects: dict[tuple[int, int], dict[str, str]] | None = None
+    """What each applied event did to the AudiFi tables (for the Redis message's ``data``);
+    None: not wanted (no outbox)."""
 
 
 _AnyEvent = _Event | store.EventRow
@@ -164,16 +165,19 @@ class AudifiProjector(Projector):
             contracts = store.load_registrations(conn, chain_id)
             contracts.update((r.address, r) for r in batch.registrations)
             new: list[_AnyEvent] = list(batch.events)
-            applied = self._apply_events(conn, chain_id, [*pending, *new], contracts)
+            applied = self._apply_events(
+                conn, chain_id, [*pending, *new], contracts, effects=batch.effects is not None
+            )
         except BaseException:
             self.forget()
             raise
         pending_positions = {e.position for e in pending}
         _mark_applied(conn, chain_id, [p for p in applied.applied if p in pending_positions])
         batch.applied.update(p for p in applied.applied if p not in pending_positions)
-        batch.effects.update(
-            (p, effect) for p, effect in applied.effects.items() if p not in pending_positions
-        )
+        if batch.effects is not None and applied.effects:
+            batch.effects.update(
+                (p, effect) for p, effect in applied.effects.items() if p not in pending_positions
+            )
 
     def reconcile(self, conn: store.Conn, chain_id: int) -> int:
         try:
@@ -215,14 +219,16 @@ class AudifiProjector(Projector):
         chain_id: int,
         events: Sequence[_AnyEvent],
         contracts: dict[str, store.Registration],
+        *,
+        effects: bool = False,
     ) -> _Pass:
         """Apply ``events`` (chain order) whose rows exist; return the pass (its ``applied``
-        positions and their ``effects``)."""
+        positions and, when ``effects``, what each did)."""
         if not events:
             return _Pass()
         owners = [_master_of(e, contracts) for e in events]
         masters = _existing(conn, "masters", set(owners))
-        work = _Pass()
+        work = _Pass(effects={} if effects else None)
         tiers = self._prepare_mints(conn, events, owners, masters)
         blocked_masters: set[uuid.UUID] = set()
         for event, master in zip(events, owners, strict=True):
@@ -230,10 +236,11 @@ class AudifiProjector(Projector):
             if kind == _COIN:
                 if _apply_coin(conn, chain_id, event):
                     work.applied.append(event.position)
-                    work.effects[event.position] = {
-                        "artist_id": str(event.args["artistId"]),
-                        "coin_contract": str(event.args["contractAddress"]),
-                    }
+                    if work.effects is not None:
+                        work.effects[event.position] = {
+                            "artist_id": str(event.args["artistId"]),
+                            "coin_contract": str(event.args["contractAddress"]),
+                        }
                 continue
             if master is None or master not in masters or master in blocked_masters:
                 if master is not None:
@@ -247,19 +254,21 @@ class AudifiProjector(Projector):
                     "UPDATE masters SET contract_address = %s WHERE id = %s",
                     (event.args["contractAddress"], master),
                 )
-                work.effects[event.position] = {
-                    "master_id": str(master),
-                    "contract_address": str(event.args["contractAddress"]),
-                }
+                if work.effects is not None:
+                    work.effects[event.position] = {
+                        "master_id": str(master),
+                        "contract_address": str(event.args["contractAddress"]),
+                    }
             elif kind == _DIVIDEND:
                 work.dividends.append(
                     (master, int(event.args["amount"]), event.address, event.block_number,
                      event.block_hash, event.block_time, event.tx_hash, event.log_index)
                 )  # fmt: skip
-                work.effects[event.position] = {
-                    "master_id": str(master),
-                    "amount_wei": str(event.args["amount"]),
-                }
+                if work.effects is not None:
+                    work.effects[event.position] = {
+                        "master_id": str(master),
+                        "amount_wei": str(event.args["amount"]),
+                    }
             work.applied.append((event.block_number, event.log_index))
         _write_shares(conn, work)
         self._note_written(work.shares)
@@ -320,13 +329,19 @@ class AudifiProjector(Projector):
             tier, royalty = tiers[master].tier_of(self._mint_counts[master])
             share.minted, share.tier, share.royalty = True, tier, royalty
             share.minted_at, share.owner, share.last_transfer = event.block_time, owner, None
-            effect = {"share": "minted", "tier": str(tier), "royalty_percent": str(royalty)}
         else:
             share.owner, share.last_transfer = owner, event.block_time
-            effect = {"share": "transferred" if owner else "burned"}
         if owner:
             work.wallets.add(owner)
-        work.effects[event.position] = {"master_id": str(master), "token_id": str(token), **effect}
+        if work.effects is not None:
+            effect = {"master_id": str(master), "token_id": str(token)}
+            if sender == ZERO_ADDRESS:
+                effect.update(
+                    share="minted", tier=str(share.tier), royalty_percent=str(share.royalty)
+                )
+            else:
+                effect["share"] = "transferred" if owner else "burned"
+            work.effects[event.position] = effect
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:

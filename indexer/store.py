@@ -109,8 +109,9 @@ class Batch:
     window: list[BlockHeader] = field(default_factory=list)
     applied: set[tuple[int, int]] = field(default_factory=set)
     """Positions of the events the projections applied (the others are pending)."""
-    effects: dict[tuple[int, int], dict[str, str]] = field(default_factory=dict)
-    """What the projections did for an applied event (its Redis message's ``effect``)."""
+    effects: dict[tuple[int, int], dict[str, str]] | None = None
+    """What the projections did for an applied event (its Redis message's ``effect``); None:
+    not collected (no outbox, so no message to carry it)."""
     ignored: int = 0
     """Logs from untrusted emitters or from before a registration: counted, never stored."""
     other: int = 0
@@ -375,7 +376,7 @@ def _effect(batch: Batch, event: EventRow) -> dict[str, Any]:
     position = event.position
     if position not in batch.applied:
         return {"applied": False}  # pending: applied when its master / artist row exists
-    return {"applied": True, **batch.effects.get(position, {})}
+    return {"applied": True, **(batch.effects or {}).get(position, {})}
 
 
 def event_message(

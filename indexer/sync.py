@@ -765,6 +765,7 @@ class Syncer:
             window=[h for h in window if h.number > head - self.options.finality_depth - 1],
             ignored=processed.ignored,
             other=processed.other,
+            effects={} if self.options.outbox else None,
         )
         writing = time.perf_counter()
         try:
