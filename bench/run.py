@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"floor: {floor.logs:,} logs in {floor.parsed_seconds:.3f}s parsed "
                     f"({floor.bytes_seconds:.3f}s bytes only) = {floor_rate:,.0f} events/s"
                 )
-                write_floor = measure_write_floor(srv, url)
+                write_floor = measure_write_floor(srv, url, _cpu_seconds)
                 say(
                     f"write floor: the backfill's final rows "
                     f"({', '.join(f'{n:,} {t}' for t, n in write_floor.rows.items())}) by COPY "

@@ -13,10 +13,9 @@ the backfill's time is the database's own work — the seed's foreign keys and i
 
 from __future__ import annotations
 
-import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 
@@ -63,14 +62,6 @@ class WriteFloor:
         return events / self.seconds
 
 
-def _backend_cpu(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _read(conn: psycopg.Connection, table: str, columns: str, order: str | None) -> bytes:
     query = f"SELECT {columns} FROM {table}" + (f" ORDER BY {order}" if order else "")
     out = bytearray()
@@ -86,8 +77,12 @@ def _write(conn: psycopg.Connection, table: str, columns: str, data: bytes) -> N
             copy.write(data[start : start + (1 << 20)])
 
 
-def measure_write_floor(srv: Server, backfilled_url: str) -> WriteFloor:
-    """Read the rows of ``backfilled_url`` and time writing them into a fresh database."""
+def measure_write_floor(
+    srv: Server, backfilled_url: str, postgres_cpu: Callable[[int | None], float | None]
+) -> WriteFloor:
+    """Read the rows of ``backfilled_url`` and time writing them into a fresh database;
+    ``postgres_cpu(pid)`` (CPU seconds of a process, when readable) gives the CPU the writing
+    backend used."""
     with psycopg.connect(backfilled_url) as source:
         backend = {
             table: (columns, _read(source, table, columns, None))
@@ -97,10 +92,8 @@ def measure_write_floor(srv: Server, backfilled_url: str) -> WriteFloor:
             (table, columns, _read(source, table, columns, order))
             for table, columns, order in WRITTEN
         ]
-        rows = {
-            table: int(source.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
-            for table, _, _ in WRITTEN
-        }
+    # COPY text holds one line per row (newlines inside values are escaped)
+    rows = {table: data.count(b"\n") for table, _, data in payloads}
     with fresh_database(srv) as url, psycopg.connect(url) as conn:
         for table, (columns, data) in backend.items():
             _write(conn, table, columns, data)
@@ -108,13 +101,13 @@ def measure_write_floor(srv: Server, backfilled_url: str) -> WriteFloor:
         conn.execute("ANALYZE")
         conn.commit()
         pid = conn.info.backend_pid
-        cpu_before = _backend_cpu(pid)
+        cpu_before = postgres_cpu(pid)
         started = time.perf_counter()
         for table, columns, data in payloads:
             _write(conn, table, columns, data)
         conn.commit()
         seconds = time.perf_counter() - started
-        cpu_after = _backend_cpu(pid)
+        cpu_after = postgres_cpu(pid)
     cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return WriteFloor(rows=rows, seconds=seconds, postgres_cpu_s=cpu)
 
