@@ -39,6 +39,7 @@ __all__ = [
     "compute_source_hash",
     "load_abi",
     "load_artifact",
+    "shipped_dir_candidates",
     "source_files",
 ]
 
@@ -53,16 +54,22 @@ PRODUCTION_CONTRACTS: Final = (
 )
 
 
-def abi_dir() -> Path:
-    """Directory holding ``<Name>.json`` ABI files: ``$AUDIFI_ABI_DIR``; else ``<repo>/abis``
-    (a checkout or editable install); else ``./abis`` when only that exists (a non-editable
-    install run from the checkout, as the systemd unit does)."""
-    override = os.environ.get(ABI_DIR_ENV)
+def shipped_dir_candidates(env_var: str, folder: str) -> list[Path]:
+    """Where a folder the project ships (``migrations``, ``abis``) may be, in order: the
+    directory named by ``env_var`` alone when it is set; else ``<repo>/<folder>`` (a checkout
+    or an editable install) and ``./<folder>`` (a non-editable install run from the checkout,
+    as the systemd unit does)."""
+    override = os.environ.get(env_var)
     if override:
-        return Path(override)
-    beside = REPO_ROOT / "abis"
-    here = Path.cwd() / "abis"
-    return here if not beside.is_dir() and here.is_dir() else beside
+        return [Path(override)]
+    return [REPO_ROOT / folder, Path.cwd() / folder]
+
+
+def abi_dir() -> Path:
+    """Directory holding ``<Name>.json`` ABI files: the first of
+    :func:`shipped_dir_candidates` that exists, else the first (named by the error then)."""
+    candidates = shipped_dir_candidates(ABI_DIR_ENV, "abis")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 def artifact_dir(root: Path = REPO_ROOT) -> Path:

@@ -11,7 +11,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,21 +20,18 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from indexer.contracts import shipped_dir_candidates
 from indexer.db import create_engine
 from indexer.errors import DatabaseUnavailableError, MissingFilesError
 
 MIGRATION_LOCK_KEY = 0x415544494649  # "AUDIFI": an advisory lock id of our own
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def migrations_dir() -> Path:
-    """Where the alembic scripts are: ``AUDIFI_MIGRATIONS_DIR``; else the project's
-    ``migrations/`` (beside the ``indexer`` package in a checkout or editable install); else
-    ``./migrations`` (a non-editable install run from the checkout, as the systemd unit does)."""
-    override = os.environ.get("AUDIFI_MIGRATIONS_DIR")
-    candidates = (
-        [Path(override)] if override else [PROJECT_ROOT / "migrations", Path.cwd() / "migrations"]
-    )
+    """Where the alembic scripts are: the first of
+    :func:`~indexer.contracts.shipped_dir_candidates` (``AUDIFI_MIGRATIONS_DIR``, the
+    project's ``migrations/``, ``./migrations``) that holds them."""
+    candidates = shipped_dir_candidates("AUDIFI_MIGRATIONS_DIR", "migrations")
     for path in candidates:
         if (path / "env.py").is_file():
             return path
