@@ -133,7 +133,13 @@ def _write_floor_lines(r: dict[str, Any], d: dict[str, Any]) -> list[str]:
         "together, so a batch is written by one backend): "
         f"**{wf['seconds']:.2f} s = {_fmt(r['write_floor_events_per_s'])} events/s, "
         f"{r['write_floor_ratio_to_floor']:.2f} × the RPC floor** "
-        f"(backend CPU {_fmt(wf['postgres_cpu_s'], 2)} s). No decoding, no RPC, every share "
+        f"(backend CPU {_fmt(wf['postgres_cpu_s'], 2)} s; foreign keys checked "
+        + (
+            "once for the write, as the indexer does"
+            if wf.get("foreign_keys_per_batch")
+            else "row by row by PostgreSQL's triggers"
+        )
+        + "). No decoding, no RPC, every share "
         "written once with its final owner: no backfill into this schema on this server can "
         f"be faster. The backfill reached {wf['backfill_ratio_to_write_floor']:.2f} × this "
         "write floor.",

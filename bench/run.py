@@ -362,6 +362,7 @@ def _result(
             "rpc_calls": backfill.summary["rpc_calls"],
             "http_requests": backfill.summary["http_requests"],
             "ready_rss_mb": round(backfill.ready_rss_mb, 1),
+            "foreign_keys_per_batch": backfill.summary.get("foreign_keys_per_batch"),
             "cpu": cpu,
         },
         "floor": {
@@ -378,6 +379,7 @@ def _result(
             "rows": write_floor.rows,
             "seconds": round(write_floor.seconds, 3),
             "postgres_cpu_s": write_floor.postgres_cpu_s,
+            "foreign_keys_per_batch": write_floor.foreign_keys_per_batch,
             "backfill_ratio_to_write_floor": round(rate / write_floor.events_per_s(events), 3),
         },
         "naive": None

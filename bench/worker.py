@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 import requests.adapters
 
+from indexer import foreign_keys
 from indexer.chain.http_source import HttpChainSource
-from indexer.projections import AudifiProjector
+from indexer.projections import KEYS_CHECKED_PER_BATCH, AudifiProjector
 from indexer.sync import Outcome, Syncer, SyncOptions, Trust, connect
 
 _http_requests = 0
@@ -116,6 +117,9 @@ def main(argv: list[str]) -> int:
             "vm_hwm_kb": _status_kb("VmHWM"),
             "cpu_step_s": sum(os.times()[:2]) - cpu_started,
             "rss_kb": _status_kb("VmRSS"),
+            "foreign_keys_per_batch": foreign_keys.fast_path_allowed(
+                conn, KEYS_CHECKED_PER_BATCH, foreign_keys.REFERENCED_TABLES
+            ),
         }
     )
     conn.close()

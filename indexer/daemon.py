@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from indexer import migrate, store
+from indexer import foreign_keys, migrate, store
 from indexer.backoff import Backoff
 from indexer.chain.errors import FatalRpcError, RangeTooLargeError, RpcError, mask_endpoint
 from indexer.chain.http_source import HttpChainSource
@@ -43,7 +43,7 @@ from indexer.config import Settings, mask_url
 from indexer.errors import IndexerError
 from indexer.logs import get_logger
 from indexer.observe import HealthState, Metrics, MetricsServer, serve_http
-from indexer.projections import pending_count
+from indexer.projections import KEYS_CHECKED_PER_BATCH, pending_count
 from indexer.publish import OutboxPublisher
 from indexer.sync import CursorMovedError, Outcome, StepResult, Syncer, SyncOptions, Trust, connect
 from indexer.upkeep import Upkeep
@@ -285,6 +285,24 @@ class Daemon:
         finally:
             self._stop_attachments()
 
+    @staticmethod
+    def _log_key_checks(conn: store.Conn) -> None:
+        """Say once whether bulk writes check their foreign keys per batch (the fast way) or
+        row by row, and how to allow the fast way (``indexer/foreign_keys.py``)."""
+        per_batch = foreign_keys.fast_path_allowed(
+            conn, KEYS_CHECKED_PER_BATCH, foreign_keys.REFERENCED_TABLES
+        )
+        conn.rollback()
+        if per_batch:
+            log.info("foreign_keys_checked_per_batch", tables=list(KEYS_CHECKED_PER_BATCH))
+        else:
+            log.info(
+                "foreign_keys_checked_per_row",
+                tables=list(KEYS_CHECKED_PER_BATCH),
+                hint="a backfill is faster when the role may set session_replication_role and "
+                "lock masters/users rows; see docs/operations.md",
+            )
+
     def _run(self) -> int:
         settings = self.settings
         try:
@@ -313,6 +331,7 @@ class Daemon:
             conn.close()
             return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
+        self._log_key_checks(conn)
         syncer = Syncer(self.source, conn, chain_id, trust_from(settings), options_from(settings))
         backoff = Backoff()
         try:

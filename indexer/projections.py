@@ -43,10 +43,11 @@ from typing import Any
 
 import orjson
 
-from indexer import store
+from indexer import foreign_keys, store
 from indexer.chain.source import ChainSource
 from indexer.coins import read_coin
 from indexer.decode import EventType
+from indexer.ids import ordered_uuids
 from indexer.sync import Projector
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -54,6 +55,9 @@ _TRANSFER = EventType.TRANSFER.value
 _REGISTERED = EventType.MASTER_REGISTERED.value
 _DIVIDEND = EventType.DIVIDEND_DEPOSITED.value
 _COIN = EventType.ARTIST_COIN_DEPLOYED.value
+KEYS_CHECKED_PER_BATCH = ("nft_shares", "dividend_events")
+"""The tables whose bulk writes have their foreign keys checked once per batch
+(:mod:`indexer.foreign_keys`)."""
 MASTERS_RESTORED = ("contract_address",)
 COINS_RESTORED = ("contract_address", "deployed_at", "name", "symbol", "total_supply")
 
@@ -270,14 +274,8 @@ class AudifiProjector(Projector):
                         "amount_wei": str(event.args["amount"]),
                     }
             work.applied.append((event.block_number, event.log_index))
-        _write_shares(conn, work)
+        _write_rows(conn, work)
         self._note_written(work.shares)
-        if work.dividends:
-            with conn.cursor().copy(
-                "COPY dividend_events (master_id, amount, contract_address, block_number, "
-                "block_hash, block_time, tx_hash, log_index) FROM STDIN"
-            ) as copy:
-                store.write_copy_lines(copy, _dividend_lines(work.dividends))
         return work
 
     def _prepare_mints(
@@ -507,18 +505,38 @@ _UPSERT_SHARE = (
 )
 # Emptied at the end of every transaction; created once per session (IF NOT EXISTS).
 _SHARE_TEMP_TABLES = (
-    "CREATE TEMP TABLE IF NOT EXISTS indexer_tmp_minted (master_id uuid, token_id numeric, "
-    "owner_id uuid, owner_wallet text, tier int, royalty_percent numeric, "
+    "CREATE TEMP TABLE IF NOT EXISTS indexer_tmp_minted (id uuid, master_id uuid, "
+    "token_id numeric, owner_id uuid, owner_wallet text, tier int, royalty_percent numeric, "
     "minted_at timestamptz, last_transfer timestamptz) ON COMMIT DELETE ROWS; "
     "CREATE TEMP TABLE IF NOT EXISTS indexer_tmp_moved (owner_id uuid, owner_wallet text, "
     "last_transfer timestamptz, master_id uuid, token_id numeric) ON COMMIT DELETE ROWS"
 )
 
 
-def _write_shares(conn: store.Conn, work: _Pass) -> None:
+def _write_rows(conn: store.Conn, work: _Pass) -> None:
+    """Write the pass's shares and dividends, their foreign keys (to ``masters``, ``users``)
+    checked once for the pass (:mod:`indexer.foreign_keys`)."""
+    if not work.shares and not work.dividends:
+        return
+    users = _user_ids(conn, work.wallets) if work.shares else {}
+    references = {
+        "masters": {master for master, _ in work.shares} | {row[0] for row in work.dividends},
+        "users": set(users.values()),
+    }
+    with foreign_keys.checked_per_batch(conn, KEYS_CHECKED_PER_BATCH, references):
+        _write_shares(conn, work, users)
+        if work.dividends:
+            with conn.cursor().copy(
+                "COPY dividend_events (master_id, amount, contract_address, block_number, "
+                "block_hash, block_time, tx_hash, log_index) FROM STDIN"
+            ) as copy:
+                store.write_copy_lines(copy, _dividend_lines(work.dividends))
+
+
+def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, uuid.UUID]) -> None:
+    """Insert the minted and update the moved shares of the pass (``users``: wallet → id)."""
     if not work.shares:
         return
-    users = _user_ids(conn, work.wallets)
     minted, moved = _share_lines(work, users)
     # Set-based: the rows go to session temp tables by COPY, then one statement each writes
     # them (a (master, token) key appears once per pass, so each row is touched once).
@@ -526,13 +544,13 @@ def _write_shares(conn: store.Conn, work: _Pass) -> None:
     cur = conn.cursor()
     if minted:
         with cur.copy(
-            "COPY indexer_tmp_minted (master_id, token_id, tier, royalty_percent, minted_at, "
+            "COPY indexer_tmp_minted (id, master_id, token_id, tier, royalty_percent, minted_at, "
             "owner_id, owner_wallet, last_transfer) FROM STDIN"
         ) as copy:
             store.write_copy_lines(copy, minted)
         cur.execute(
-            "INSERT INTO nft_shares (master_id, token_id, owner_id, owner_wallet, tier, "
-            "royalty_percent, minted_at, last_transfer) SELECT master_id, token_id, owner_id, "
+            "INSERT INTO nft_shares (id, master_id, token_id, owner_id, owner_wallet, tier, "
+            "royalty_percent, minted_at, last_transfer) SELECT id, master_id, token_id, owner_id, "
             "owner_wallet, tier, royalty_percent, minted_at, last_transfer "
             "FROM indexer_tmp_minted " + _ON_SHARE_CONFLICT
         )
@@ -568,6 +586,7 @@ def _share_lines(work: _Pass, users: dict[str, uuid.UUID]) -> tuple[list[str], l
 
     minted: list[str] = []
     moved: list[str] = []
+    new_ids = iter(ordered_uuids(sum(1 for s in work.shares.values() if s.minted)))
     for (master, token), s in work.shares.items():
         owner_id = users.get(s.owner) if s.owner else None
         tail = f"{cached(owner_id)}\t{cached(s.owner)}\t{cached(s.last_transfer)}\n"
@@ -579,7 +598,7 @@ def _share_lines(work: _Pass, users: dict[str, uuid.UUID]) -> tuple[list[str], l
                 4,
                 (master, token, s.tier, s.royalty, s.minted_at),
             )
-            minted.append(f"{line}\t{tail}")
+            minted.append(f"{next(new_ids)}\t{line}\t{tail}")
         else:
             line = store.copy_line(f"{m}\t{token}", 1, (master, token))
             moved.append(f"{line}\t{tail}")

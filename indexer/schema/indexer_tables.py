@@ -80,14 +80,14 @@ sa.Index(
 indexer_events = sa.Table(
     "indexer_events",
     metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
-    sa.Column("chain_id", sa.BigInteger, nullable=False),
-    sa.Column("block_number", sa.BigInteger, nullable=False),
+    # The natural key is the primary key (no surrogate id: no reader needs one).
+    sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("block_number", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("block_hash", HASH, nullable=False),
     sa.Column("block_time", TZ, nullable=False),
     sa.Column("tx_hash", HASH, nullable=False),
     sa.Column("tx_index", sa.Integer, nullable=False),
-    sa.Column("log_index", sa.Integer, nullable=False),
+    sa.Column("log_index", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("address", ADDRESS, nullable=False),
     sa.Column("event_type", sa.String(40), nullable=False),
     sa.Column("args", pg.JSONB, nullable=False),
@@ -96,9 +96,6 @@ indexer_events = sa.Table(
     sa.Column("context", pg.JSONB),
     # False while the event waits for its master / artist row (pending, SPEC §3).
     sa.Column("applied", sa.Boolean, nullable=False, server_default=sa.false()),
-    sa.UniqueConstraint(
-        "chain_id", "block_number", "log_index", name="indexer_events_chain_block_log_key"
-    ),
 )
 sa.Index(
     "idx_indexer_events_address_block",
