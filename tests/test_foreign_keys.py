@@ -176,11 +176,7 @@ def test_indexing_with_a_trigger_on_nft_shares_fires_it_for_every_share(
 ) -> None:
     h = make_harness()
     conn = h.conn
-    artist, master = uuid.uuid4(), uuid.uuid4()
-    conn.execute("INSERT INTO users (id, email) VALUES (%s, 'a@example.org')", (artist,))
-    conn.execute(
-        "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'S')", (master, artist)
-    )
+    master, _ = backend_rows(conn)
     add_audit_trigger(conn, "token_id", "numeric")
     conn.commit()
     holder = h.node.accounts[1]
@@ -211,12 +207,7 @@ def test_ordered_uuids_are_version_7_increasing_and_unique() -> None:
 def test_inserted_shares_get_time_ordered_ids(make_harness: Callable[..., Harness]) -> None:
     h = make_harness()
     conn = h.conn
-    artist, master = uuid.uuid4(), uuid.uuid4()
-    conn.execute("INSERT INTO users (id, email) VALUES (%s, 'a@example.org')", (artist,))
-    conn.execute(
-        "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'S')", (master, artist)
-    )
-    conn.commit()
+    master, _ = backend_rows(conn)
     send_tx(
         h.w3,
         h.contracts.registry.functions.deployMasterAndMint(
