@@ -22,7 +22,7 @@ import enum
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from eth_utils.crypto import keccak
 
@@ -169,16 +169,15 @@ def _data_words(log: Log, spec: EventSpec) -> list[str]:
     return [body[i : i + 64] for i in range(0, len(body), 64)]
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedEvent:
+class DecodedEvent(NamedTuple):
     event: EventType
     args: dict[str, Any]
 
 
 def decode(log: Log, event: EventType) -> DecodedEvent:
     """Decode ``log`` as ``event``; the caller has matched its (topic0, topic count)."""
-    spec = SPECS[event]
     topics = log.topics
+    spec = SPECS[event]
     words = _data_words(log, spec)
     if event is EventType.TRANSFER:
         args: dict[str, Any] = {
@@ -210,8 +209,18 @@ class Verdict(enum.Enum):
     """Unknown signature, or a known one in the wrong shape."""
 
 
+_ROLE_SHAPES = {
+    role: (SPECS[event].topic0, SPECS[event].topic_count) for role, event in ROLE_EVENTS.items()
+}
+_DECODE = (Verdict.DECODE, "")
+
+
 def classify(log: Log, role: EmitterRole) -> tuple[Verdict, str]:
     """What to do with a log from a trusted emitter of ``role``; the reason for dead letters."""
+    topic0, topic_count = _ROLE_SHAPES[role]
+    topics = log.topics
+    if topics and topics[0] == topic0 and len(topics) == topic_count:
+        return _DECODE  # the usual case, in as few steps as possible
     event = ROLE_EVENTS[role]
     spec = SPECS[event]
     topic0 = log.topics[0].lower() if log.topics else ""
@@ -231,3 +240,29 @@ def classify(log: Log, role: EmitterRole) -> tuple[Verdict, str]:
 def args_to_json(args: dict[str, Any]) -> dict[str, str]:
     """JSON-safe args: UUIDs and big integers as strings (no precision lost by consumers)."""
     return {key: str(value) for key, value in args.items()}
+
+
+_ADDRESS_WORD = re.compile(r"0x0{24}[0-9a-f]{40}")
+"""A 32-byte topic holding an address: zero padding, lowercase hex."""
+
+
+def decode_json(log: Log, event: EventType) -> dict[str, str]:
+    """``args_to_json(decode(log, event).args)``: what the event log stores.
+
+    A well-formed ``Transfer`` (nine logs in ten) is checked and converted in one pass of three
+    regular expressions; anything else — other events, and a ``Transfer`` that fails a check —
+    goes through :func:`decode`, which gives the same values or names what is wrong."""
+    topics = log.topics
+    if (
+        event is EventType.TRANSFER
+        and log.data == "0x"
+        and _ADDRESS_WORD.fullmatch(topics[1])
+        and _ADDRESS_WORD.fullmatch(topics[2])
+        and _WORD.fullmatch(topics[3])
+    ):
+        return {
+            "from": "0x" + topics[1][26:],
+            "to": "0x" + topics[2][26:],
+            "tokenId": str(int(topics[3], 16)),
+        }
+    return args_to_json(decode(log, event).args)

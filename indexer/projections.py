@@ -33,10 +33,9 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -125,7 +124,11 @@ class _Share:
 
 @dataclass(slots=True)
 class _Pass:
-    shares: dict[tuple[uuid.UUID, int], _Share] = field(default_factory=dict)
+    """What one pass over events wrote. Masters are keyed by their id's text (canonical
+    ``str(uuid)``) here: a ``uuid.UUID`` hashes in Python code, a ``str`` in C, and the loop
+    hashes a master several times per event."""
+
+    shares: dict[tuple[str, int], _Share] = field(default_factory=dict)
     dividends: list[tuple[Any, ...]] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)
     wallets: set[str] = field(default_factory=set)
@@ -140,10 +143,11 @@ _AnyEvent = _Event | store.EventRow
 
 class AudifiProjector(Projector):
     def __init__(self) -> None:
-        self._mint_counts: dict[uuid.UUID, int] = {}
+        self._mint_counts: dict[str, int] = {}
+        """Applied mints per master (id text), the k of the next mint's Mover Advantage."""
         self._users_seen: str | None = None
         """Fingerprint of the users' wallets at the last re-link (None: unknown)."""
-        self._written: set[tuple[uuid.UUID, int]] | None = set()
+        self._written: set[tuple[str, int]] | None = set()
         """Shares written since the last re-link (None: too many to list)."""
 
     def forget(self) -> None:
@@ -158,7 +162,7 @@ class AudifiProjector(Projector):
         for event in events:
             if event.event_type == EventType.ARTIST_COIN_DEPLOYED.value:
                 info = read_coin(source, event.args["contractAddress"], event.block_hash)
-                event = dataclasses.replace(event, context=info.to_context())
+                event = event._replace(context=info.to_context())
             out.append(event)
         return out
 
@@ -211,7 +215,7 @@ class AudifiProjector(Projector):
         self._users_seen = seen
         self._written = set()
 
-    def _note_written(self, keys: Iterable[tuple[uuid.UUID, int]]) -> None:
+    def _note_written(self, keys: Iterable[tuple[str, int]]) -> None:
         if self._written is not None:
             self._written.update(keys)
             if len(self._written) > _MAX_NOTED_SHARES:
@@ -230,11 +234,12 @@ class AudifiProjector(Projector):
         positions and, when ``effects``, what each did)."""
         if not events:
             return _Pass()
-        owners = [_master_of(e, contracts) for e in events]
-        masters = _existing(conn, "masters", set(owners))
+        master_of_contract = {a: str(r.master_id) for a, r in contracts.items()}
+        owners = [_master_of(e, master_of_contract) for e in events]
+        masters = {str(m) for m in _existing(conn, "masters", _uuids(owners))}
         work = _Pass(effects={} if effects else None)
         tiers = self._prepare_mints(conn, events, owners, masters)
-        blocked_masters: set[uuid.UUID] = set()
+        blocked_masters: set[str] = set()
         for event, master in zip(events, owners, strict=True):
             kind = event.event_type
             if kind == _COIN:
@@ -253,14 +258,14 @@ class AudifiProjector(Projector):
             if kind == _TRANSFER:
                 self._transfer(conn, event, master, work, tiers)
             elif kind == _REGISTERED:
-                _snapshot(conn, chain_id, event, "masters", master)
+                _snapshot(conn, chain_id, event, "masters", uuid.UUID(master))
                 conn.execute(
                     "UPDATE masters SET contract_address = %s WHERE id = %s",
-                    (event.args["contractAddress"], master),
+                    (event.args["contractAddress"], uuid.UUID(master)),
                 )
                 if work.effects is not None:
                     work.effects[event.position] = {
-                        "master_id": str(master),
+                        "master_id": master,
                         "contract_address": str(event.args["contractAddress"]),
                     }
             elif kind == _DIVIDEND:
@@ -270,7 +275,7 @@ class AudifiProjector(Projector):
                 )  # fmt: skip
                 if work.effects is not None:
                     work.effects[event.position] = {
-                        "master_id": str(master),
+                        "master_id": master,
                         "amount_wei": str(event.args["amount"]),
                     }
             work.applied.append((event.block_number, event.log_index))
@@ -282,12 +287,12 @@ class AudifiProjector(Projector):
         self,
         conn: store.Conn,
         events: Sequence[_AnyEvent],
-        owners: Sequence[uuid.UUID | None],
-        masters: set[uuid.UUID],
-    ) -> dict[uuid.UUID, TierConfig]:
+        owners: Sequence[str | None],
+        masters: set[str],
+    ) -> dict[str, TierConfig]:
         """Read, in one query each, what the mints of this pass need: the applied-mint counts
         of masters not in the cache yet and the tier configuration of every minted master."""
-        minted: set[uuid.UUID] = set()
+        minted: set[str] = set()
         for event, master in zip(events, owners, strict=True):
             if (
                 master is not None
@@ -301,16 +306,17 @@ class AudifiProjector(Projector):
             return {}
         uncached = minted - self._mint_counts.keys()
         if uncached:
-            self._mint_counts.update(_applied_mint_counts(conn, uncached))
-        return _tier_configs(conn, minted)
+            counts = _applied_mint_counts(conn, _uuids(uncached))
+            self._mint_counts.update((str(m), n) for m, n in counts.items())
+        return {str(m): t for m, t in _tier_configs(conn, _uuids(minted)).items()}
 
     def _transfer(
         self,
         conn: store.Conn,
         event: _AnyEvent,
-        master: uuid.UUID,
+        master: str,
         work: _Pass,
-        tiers: dict[uuid.UUID, TierConfig],
+        tiers: dict[str, TierConfig],
     ) -> None:
         token = int(event.args["tokenId"])
         sender, receiver = event.args["from"], event.args["to"]
@@ -320,11 +326,11 @@ class AudifiProjector(Projector):
         owner = None if receiver == ZERO_ADDRESS else receiver
         if sender == ZERO_ADDRESS:
             if master not in self._mint_counts:
-                self._mint_counts[master] = _applied_mints(conn, master)
-            self._mint_counts[master] += 1
+                self._mint_counts[master] = _applied_mints(conn, uuid.UUID(master))
+            ordinal = self._mint_counts[master] = self._mint_counts[master] + 1
             if master not in tiers:
-                tiers[master] = _tier_config(conn, master)
-            tier, royalty = tiers[master].tier_of(self._mint_counts[master])
+                tiers[master] = _tier_config(conn, uuid.UUID(master))
+            tier, royalty = tiers[master].tier_of(ordinal)
             share.minted, share.tier, share.royalty = True, tier, royalty
             share.minted_at, share.owner, share.last_transfer = event.block_time, owner, None
         else:
@@ -332,7 +338,7 @@ class AudifiProjector(Projector):
         if owner:
             work.wallets.add(owner)
         if work.effects is not None:
-            effect = {"master_id": str(master), "token_id": str(token)}
+            effect = {"master_id": master, "token_id": str(token)}
             if sender == ZERO_ADDRESS:
                 effect.update(
                     share="minted", tier=str(share.tier), royalty_percent=str(share.royalty)
@@ -362,13 +368,18 @@ class AudifiProjector(Projector):
 
 
 # ------------------------------------------------------------------------------- helpers
-def _master_of(event: _AnyEvent, contracts: dict[str, store.Registration]) -> uuid.UUID | None:
+def _master_of(event: _AnyEvent, master_of_contract: dict[str, str]) -> str | None:
+    """The id text of the event's master (see :class:`_Pass`); None for a coin, or for a
+    transfer of an unregistered contract."""
     if event.event_type == _TRANSFER:
-        registration = contracts.get(event.address)
-        return registration.master_id if registration else None
+        return master_of_contract.get(event.address)
     if event.event_type == _COIN:
         return None
-    return uuid.UUID(event.args["masterId"])
+    return str(uuid.UUID(event.args["masterId"]))
+
+
+def _uuids(texts: Iterable[str | None]) -> set[uuid.UUID]:
+    return {uuid.UUID(t) for t in set(texts) if t is not None}
 
 
 def _existing(conn: store.Conn, table: str, ids: Iterable[uuid.UUID | None]) -> set[uuid.UUID]:
@@ -520,46 +531,51 @@ def _write_rows(conn: store.Conn, work: _Pass) -> None:
         return
     users = _user_ids(conn, work.wallets) if work.shares else {}
     references = {
-        "masters": {master for master, _ in work.shares} | {row[0] for row in work.dividends},
+        "masters": _uuids({master for master, _ in work.shares} | {r[0] for r in work.dividends}),
         "users": set(users.values()),
     }
     with foreign_keys.checked_per_batch(conn, KEYS_CHECKED_PER_BATCH, references):
-        _write_shares(conn, work, users)
+        _write_shares(conn, work, {wallet: str(user) for wallet, user in users.items()})
         if work.dividends:
             with conn.cursor().copy(
-                "COPY dividend_events (master_id, amount, contract_address, block_number, "
-                "block_hash, block_time, tx_hash, log_index) FROM STDIN"
+                f"COPY dividend_events ({_DIVIDEND_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
             ) as copy:
-                store.write_copy_lines(copy, _dividend_lines(work.dividends))
+                _copy_rows(copy, work.dividends, _dividend_line)
 
 
-def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, uuid.UUID]) -> None:
+_MINTED_COLUMNS = (
+    "id, master_id, token_id, tier, royalty_percent, minted_at, owner_id, owner_wallet, "
+    "last_transfer"
+)
+_MOVED_COLUMNS = "master_id, token_id, owner_id, owner_wallet, last_transfer"
+_DIVIDEND_COLUMNS = (
+    "master_id, amount, contract_address, block_number, block_hash, block_time, tx_hash, log_index"
+)
+
+
+def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
     """Insert the minted and update the moved shares of the pass (``users``: wallet → id)."""
     if not work.shares:
         return
-    minted, moved = _share_lines(work, users)
+    minted, moved = _share_rows(work, users)
     # Set-based: the rows go to session temp tables by COPY, then one statement each writes
     # them (a (master, token) key appears once per pass, so each row is touched once).
     conn.execute(_SHARE_TEMP_TABLES)
     cur = conn.cursor()
     if minted:
         with cur.copy(
-            "COPY indexer_tmp_minted (id, master_id, token_id, tier, royalty_percent, minted_at, "
-            "owner_id, owner_wallet, last_transfer) FROM STDIN"
+            f"COPY indexer_tmp_minted ({_MINTED_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
         ) as copy:
-            store.write_copy_lines(copy, minted)
+            _copy_rows(copy, minted, _minted_line)
         cur.execute(
-            "INSERT INTO nft_shares (id, master_id, token_id, owner_id, owner_wallet, tier, "
-            "royalty_percent, minted_at, last_transfer) SELECT id, master_id, token_id, owner_id, "
-            "owner_wallet, tier, royalty_percent, minted_at, last_transfer "
+            f"INSERT INTO nft_shares ({_MINTED_COLUMNS}) SELECT {_MINTED_COLUMNS} "
             "FROM indexer_tmp_minted " + _ON_SHARE_CONFLICT
         )
     if moved:
         with cur.copy(
-            "COPY indexer_tmp_moved (master_id, token_id, owner_id, owner_wallet, last_transfer) "
-            "FROM STDIN"
+            f"COPY indexer_tmp_moved ({_MOVED_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
         ) as copy:
-            store.write_copy_lines(copy, moved)
+            _copy_rows(copy, moved, _moved_line)
         # Through the (master_id, token_id) index, one probe per moved share. The planner
         # has no statistics on the temp table and, on tables of tens of thousands of shares,
         # hashed all of nft_shares for every batch instead (the benchmark's moved-share
@@ -573,46 +589,67 @@ def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, uuid.UUID]) ->
         )
 
 
-def _share_lines(work: _Pass, users: dict[str, uuid.UUID]) -> tuple[list[str], list[str]]:
-    """COPY text lines of the minted and the moved shares of a pass (see
-    :func:`indexer.store.copy_line`; the columns that may be NULL come last)."""
-    text: dict[Any, str] = {}
+_Row = tuple[Any, ...]
 
-    def cached(value: Any) -> str:
-        rendered = text.get(value)
-        if rendered is None:
-            rendered = text[value] = store.copy_text(value)
-        return rendered
 
-    minted: list[str] = []
-    moved: list[str] = []
+def _share_rows(work: _Pass, users: dict[str, str]) -> tuple[list[_Row], list[_Row]]:
+    """Values of the minted (:data:`_MINTED_COLUMNS`; a new time-ordered id each) and of the
+    moved shares (:data:`_MOVED_COLUMNS`) of a pass."""
+    minted: list[_Row] = []
+    moved: list[_Row] = []
     new_ids = iter(ordered_uuids(sum(1 for s in work.shares.values() if s.minted)))
     for (master, token), s in work.shares.items():
         owner_id = users.get(s.owner) if s.owner else None
-        tail = f"{cached(owner_id)}\t{cached(s.owner)}\t{cached(s.last_transfer)}\n"
-        m = cached(master)
         if s.minted:
-            minted_at = cached(s.minted_at)
-            line = store.copy_line(
-                f"{m}\t{token}\t{s.tier}\t{s.royalty}\t{minted_at}",
-                4,
-                (master, token, s.tier, s.royalty, s.minted_at),
-            )
-            minted.append(f"{next(new_ids)}\t{line}\t{tail}")
+            minted.append((next(new_ids), master, token, s.tier, s.royalty, s.minted_at,
+                           owner_id, s.owner, s.last_transfer))  # fmt: skip
         else:
-            line = store.copy_line(f"{m}\t{token}", 1, (master, token))
-            moved.append(f"{line}\t{tail}")
+            moved.append((master, token, owner_id, s.owner, s.last_transfer))
     return minted, moved
 
 
-def _dividend_lines(rows: Iterable[tuple[Any, ...]]) -> Iterable[str]:
-    """COPY text lines of ``dividend_events`` (master_id, amount, contract_address,
-    block_number, block_hash, block_time, tx_hash, log_index)."""
-    for row in rows:
-        master, amount, address, block, block_hash, time, tx_hash, log_index = row
-        values = (master, amount, address, block, block_hash, time.isoformat(), tx_hash, log_index)
-        line = "\t".join(map(str, values))
-        yield store.copy_line(line, 7, values) + "\n"
+_Times = dict[dt.datetime | None, str]
+
+
+def _copy_rows(copy: Any, rows: Sequence[_Row], line: Callable[[_Row, _Times], str]) -> None:
+    """COPY ``rows`` rendered by ``line`` (plain; times rendered once each through the cache
+    it is given), checked by :func:`indexer.store.write_copy_lines`."""
+    times: _Times = {None: ""}
+    columns = len(rows[0]) if rows else 0
+    store.write_copy_lines(
+        copy,
+        (line(row, times) for row in rows),
+        columns,
+        lambda i: store.escaped_line(rows[i]),
+    )
+
+
+def _time(value: dt.datetime | None, times: _Times) -> str:
+    text = times.get(value)
+    if text is None and value is not None:
+        text = times[value] = value.isoformat()
+    return text or ""
+
+
+def _minted_line(row: _Row, times: _Times) -> str:
+    share_id, master, token, tier, royalty, minted_at, owner_id, owner, last = row
+    return (
+        f"{share_id}\t{master}\t{token}\t{tier}\t{royalty}\t{_time(minted_at, times)}\t"
+        f"{owner_id or ''}\t{owner or ''}\t{_time(last, times)}\n"
+    )
+
+
+def _moved_line(row: _Row, times: _Times) -> str:
+    master, token, owner_id, owner, last = row
+    return f"{master}\t{token}\t{owner_id or ''}\t{owner or ''}\t{_time(last, times)}\n"
+
+
+def _dividend_line(row: _Row, times: _Times) -> str:
+    master, amount, address, block, block_hash, time, tx_hash, log_index = row
+    return (
+        f"{master}\t{amount}\t{address}\t{block}\t{block_hash}\t{_time(time, times)}\t"
+        f"{tx_hash}\t{log_index}\n"
+    )
 
 
 _MAX_NOTED_SHARES = 10_000
@@ -629,7 +666,9 @@ def _users_fingerprint(conn: store.Conn) -> str:
     return str(row[0]) if row else ""
 
 
-def relink_owners(conn: store.Conn, shares: Iterable[tuple[uuid.UUID, int]] | None = None) -> None:
+def relink_owners(
+    conn: store.Conn, shares: Iterable[tuple[uuid.UUID | str, int]] | None = None
+) -> None:
     """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively);
     on every share, or only on ``shares`` ((master, token id) keys)."""
     only = ""

@@ -15,11 +15,10 @@ Guarantees (the engine relies on them):
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -61,8 +60,10 @@ class Registration:
         return (self.block_number, self.log_index)
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
+    """A decoded event as stored in ``indexer_events`` (a named tuple: built once per event
+    of a backfill, see :mod:`indexer.chain.types`)."""
+
     block_number: int
     block_hash: str
     block_time: dt.datetime
@@ -242,10 +243,9 @@ def write_batch(
     """
     if batch.events:
         with conn.cursor().copy(
-            "COPY indexer_events (chain_id, block_number, block_hash, block_time, tx_hash, "
-            "tx_index, log_index, address, event_type, args, context, applied) FROM STDIN"
+            f"COPY indexer_events ({_EVENT_COLUMNS}) FROM STDIN {COPY_NULL_EMPTY}"
         ) as copy:
-            write_copy_lines(copy, _event_lines(chain_id, batch.events, batch.applied))
+            _copy_events(copy, chain_id, batch.events, batch.applied)
     if batch.dead_letters:
         conn.cursor().executemany(
             "INSERT INTO indexer_dead_letters (chain_id, block_number, block_hash, tx_hash, "
@@ -301,23 +301,33 @@ def write_batch(
 
 # ------------------------------------------------------------------------------ COPY text
 # Rows of the large tables are rendered to COPY's text format here rather than value by value
-# by the driver (about twice as fast). Safety: every line is checked — it must hold exactly the
-# expected number of tab separators and no backslash, newline, carriage return or NUL — and a
-# line that fails the check is rendered again with every value escaped (:func:`copy_text`).
-# NULLs (``\N``) and values that may need escaping are appended after the check.
+# by the driver (about twice as fast), as plain f-strings, and checked a chunk at a time:
+#
+# * The COPYs say ``WITH (NULL '')``: an empty field is NULL, so a plain line never needs a
+#   backslash (``\N``) — and an empty text value cannot be written (``copy_text`` refuses it).
+# * A chunk of n lines of c columns is sent as rendered only when it holds exactly n newlines
+#   and n·(c-1) tabs (the templates hold exactly those; a value can only add some) and no
+#   backslash, carriage return or NUL at all. Otherwise every line of the chunk is rendered
+#   again from its values with each value escaped (:func:`copy_text`).
+#
+# So whatever a value holds (an RPC's strings included), it is stored as it is or refused:
+# an empty string rendered plainly is NULL, and every column these COPYs fill with text from
+# outside (hashes, addresses) is NOT NULL — the nullable ones (``context``, owners, transfer
+# times) are None or never empty (JSON, validated hex, times).
 
-_COPY_UNSAFE = re.compile(r"[\\\n\r\x00]")
+COPY_NULL_EMPTY = "WITH (NULL '')"
+"""Options of every COPY fed by :func:`write_copy_lines`."""
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 COPY_CHUNK = 2000
 """Lines per write: the server ingests a chunk while the next one is rendered."""
 
 
 def copy_text(value: object) -> str:
-    """One value in COPY text format: ``\\N`` for None, ``t``/``f``, ISO times, escaped text.
-    A NUL character cannot be stored in a PostgreSQL text value: :class:`psycopg.DataError`,
-    as the driver raises it."""
+    """One value in COPY text format (``NULL ''``): empty for None, ``t``/``f``, ISO times,
+    escaped text. A NUL character cannot be stored in a PostgreSQL text value, and an empty
+    text would read back as NULL: both raise :class:`psycopg.DataError`."""
     if value is None:
-        return "\\N"
+        return ""
     if value is True or value is False:
         return "t" if value else "f"
     if isinstance(value, dt.datetime):
@@ -325,51 +335,86 @@ def copy_text(value: object) -> str:
     text = str(value)
     if "\x00" in text:
         raise psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+    if not text:
+        raise psycopg.DataError(
+            "an empty text value cannot be written by this COPY (an empty field is NULL)"
+        )
     return text.translate(_COPY_ESCAPES)
 
 
-def copy_line(line: str, separators: int, values: Sequence[object]) -> str:
-    """``line`` — ``values`` rendered and joined by tabs by the caller, no newline — when it
-    is safe as it is; else the values rendered again one by one, escaped."""
-    if line.count("\t") == separators and _COPY_UNSAFE.search(line) is None:
-        return line
-    return "\t".join(copy_text(v) for v in values)
+def escaped_line(values: Iterable[object]) -> str:
+    """One COPY line (newline included) with every value escaped by :func:`copy_text`."""
+    return "\t".join(map(copy_text, values)) + "\n"
 
 
-def write_copy_lines(copy: Any, lines: Iterable[str]) -> None:
-    """Send COPY text ``lines`` (each ending with a newline) in chunks."""
+def write_copy_lines(
+    copy: Any, lines: Iterable[str], columns: int, escaped: Callable[[int], str]
+) -> None:
+    """Send plain COPY text ``lines`` (``columns`` values each, newline included) in checked
+    chunks; a chunk that fails the check (see above) is sent as ``escaped(i)`` of each of its
+    lines instead (``i``: the line's index in ``lines``)."""
     chunk: list[str] = []
+    sent = 0
     for line in lines:
         chunk.append(line)
         if len(chunk) >= COPY_CHUNK:
-            copy.write("".join(chunk))
+            copy.write(_checked_chunk(chunk, sent, columns, escaped))
+            sent += len(chunk)
             chunk.clear()
     if chunk:
-        copy.write("".join(chunk))
+        copy.write(_checked_chunk(chunk, sent, columns, escaped))
 
 
-def _event_lines(
-    chain_id: int, events: Iterable[EventRow], applied: set[tuple[int, int]]
-) -> Iterable[str]:
-    """COPY lines of ``indexer_events`` (chain_id, block_number, block_hash, block_time,
-    tx_hash, tx_index, log_index, address, event_type, args, context, applied)."""
-    times: dict[dt.datetime, str] = {}
+def _checked_chunk(
+    chunk: list[str], first: int, columns: int, escaped: Callable[[int], str]
+) -> str:
+    text = "".join(chunk)
+    count = len(chunk)
+    if (
+        text.count("\n") == count
+        and text.count("\t") == count * (columns - 1)
+        and "\\" not in text  # three substring scans: ~10x faster than one regex search
+        and "\r" not in text
+        and "\x00" not in text
+    ):
+        return text
+    return "".join(escaped(i) for i in range(first, first + count))
+
+
+_EVENT_COLUMNS = (
+    "chain_id, block_number, block_hash, block_time, tx_hash, tx_index, log_index, address, "
+    "event_type, args, context, applied"
+)
+
+
+def _copy_events(
+    copy: Any, chain_id: int, events: Sequence[EventRow], applied: set[tuple[int, int]]
+) -> None:
+    """COPY ``events`` into ``indexer_events`` (:data:`_EVENT_COLUMNS`)."""
     dumps = orjson.dumps
-    for e in events:
-        time = times.get(e.block_time)
-        if time is None:
-            time = times[e.block_time] = e.block_time.isoformat()
-        args = dumps(e.args).decode()
-        line = copy_line(
-            f"{chain_id}\t{e.block_number}\t{e.block_hash}\t{time}\t{e.tx_hash}\t"
-            f"{e.tx_index}\t{e.log_index}\t{e.address}\t{e.event_type}\t{args}",
-            9,
-            (chain_id, e.block_number, e.block_hash, time, e.tx_hash, e.tx_index, e.log_index,
-             e.address, e.event_type, args),
-        )  # fmt: skip
-        context = "\\N" if e.context is None else copy_text(dumps(e.context).decode())
-        flag = "t" if (e.block_number, e.log_index) in applied else "f"
-        yield f"{line}\t{context}\t{flag}\n"
+
+    def values(i: int) -> tuple[object, ...]:
+        e = events[i]
+        context = None if e.context is None else dumps(e.context).decode()
+        return (chain_id, e.block_number, e.block_hash, e.block_time, e.tx_hash, e.tx_index,
+                e.log_index, e.address, e.event_type, dumps(e.args).decode(), context,
+                e.position in applied)  # fmt: skip
+
+    def plain() -> Iterator[str]:
+        times: dict[dt.datetime, str] = {}
+        for e in events:
+            time = times.get(e.block_time)
+            if time is None:
+                time = times[e.block_time] = e.block_time.isoformat()
+            context = "" if e.context is None else dumps(e.context).decode()
+            flag = "t" if (e.block_number, e.log_index) in applied else "f"
+            yield (
+                f"{chain_id}\t{e.block_number}\t{e.block_hash}\t{time}\t{e.tx_hash}\t"
+                f"{e.tx_index}\t{e.log_index}\t{e.address}\t{e.event_type}\t"
+                f"{dumps(e.args).decode()}\t{context}\t{flag}\n"
+            )
+
+    write_copy_lines(copy, plain(), 12, lambda i: escaped_line(values(i)))
 
 
 def _effect(batch: Batch, event: EventRow) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import enum
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,9 +61,9 @@ from indexer.decode import (
     EmitterRole,
     EventType,
     Verdict,
-    args_to_json,
     classify,
     decode,
+    decode_json,
 )
 from indexer.reorg import BlockRef, NodeMissingBlocksError, find_common_ancestor
 
@@ -119,14 +120,16 @@ class Trust:
     dividends: frozenset[str]
     coin_factory: str | None
 
-    def static_role(self, address: str) -> EmitterRole | None:
-        if address == self.registry:
-            return EmitterRole.REGISTRY
-        if address in self.dividends:
-            return EmitterRole.DIVIDEND
-        if address == self.coin_factory:
-            return EmitterRole.COIN_FACTORY
-        return None
+    def static_roles(self) -> dict[str, EmitterRole]:
+        """Address → role of the configured emitters (master contracts are not in it). An
+        address configured twice takes the first of registry, dividends, coin factory."""
+        roles: dict[str, EmitterRole] = {}
+        if self.coin_factory:
+            roles[self.coin_factory] = EmitterRole.COIN_FACTORY
+        roles.update(dict.fromkeys(self.dividends, EmitterRole.DIVIDEND))
+        if self.registry:
+            roles[self.registry] = EmitterRole.REGISTRY
+        return roles
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -210,8 +213,10 @@ def process_logs(
     out = _Processed()
     known = dict(registrations)
     times: dict[int, Any] = {}
+    static_roles = trust.static_roles()
+    events = out.events
     for log in logs:
-        role = trust.static_role(log.address)
+        role = static_roles.get(log.address)
         if role is None:
             registration = known.get(log.address)
             if registration is None or log.position <= registration.position:
@@ -223,8 +228,9 @@ def process_logs(
             out.other += 1
             continue
         if verdict is Verdict.DECODE:
+            event = _ROLE_EVENT[role]
             try:
-                decoded = decode(log, _ROLE_EVENT[role])
+                args = decode_json(log, event)
             except DecodeError as exc:
                 reason = str(exc)
             else:
@@ -232,24 +238,15 @@ def process_logs(
                 block_time = times.get(number)
                 if block_time is None:
                     block_time = times[number] = store.block_time(headers[number])
-                out.events.append(
-                    store.EventRow(
-                        number,
-                        log.block_hash,
-                        block_time,
-                        log.tx_hash,
-                        log.tx_index,
-                        log.log_index,
-                        log.address,
-                        decoded.event.value,
-                        args_to_json(decoded.args),
-                    )
-                )
-                if decoded.event is EventType.MASTER_REGISTERED:
-                    contract = str(decoded.args["contractAddress"])
+                events.append(
+                    store.EventRow(number, log.block_hash, block_time, log.tx_hash, log.tx_index,
+                             log.log_index, log.address, _EVENT_NAMES[event], args)
+                )  # fmt: skip
+                if event is EventType.MASTER_REGISTERED:
+                    contract = args["contractAddress"]
                     if contract not in known:  # the first registration of a contract wins
                         registration = store.Registration(
-                            contract, decoded.args["masterId"], log.block_number,
+                            contract, uuid.UUID(args["masterId"]), log.block_number,
                             log.log_index, log.block_hash,
                         )  # fmt: skip
                         known[contract] = registration
@@ -269,6 +266,9 @@ def process_logs(
         )
     return out
 
+
+_EVENT_NAMES = {event: event.value for event in EventType}
+"""Stored names of the events (a dict lookup: ``Enum.value`` is a Python-level descriptor)."""
 
 _ROLE_EVENT = {
     EmitterRole.REGISTRY: EventType.MASTER_REGISTERED,

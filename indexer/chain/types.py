@@ -4,15 +4,19 @@ Every JSON-RPC answer is turned into these types at the chain-client boundary, s
 never handles web3 objects, HexBytes or checksummed addresses. Hashes and addresses are
 lowercase ``0x`` hex strings; ``topics`` keep their order; ``data`` is the raw hex of the log
 data (``"0x"`` when empty).
+
+``BlockHeader`` and ``Log`` are named tuples rather than frozen dataclasses: equally immutable,
+and built about three times faster (a backfill builds one per log; a frozen dataclass's
+``__init__`` sets each field through ``object.__setattr__``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class BlockHeader:
+class BlockHeader(NamedTuple):
     number: int
     hash: str
     parent_hash: str
@@ -20,8 +24,7 @@ class BlockHeader:
     """Seconds since the epoch (the block's own time, UTC)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Log:
+class Log(NamedTuple):
     address: str
     topics: tuple[str, ...]
     data: str

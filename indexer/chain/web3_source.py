@@ -21,7 +21,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -165,7 +164,7 @@ class Web3ChainSource:
                 continue
             if topics and (not log.topics or log.topics[0] not in topics):
                 continue
-            out.append(dataclasses.replace(log, log_index=index))
+            out.append(log._replace(log_index=index))
         return out
 
     def _header(self, block_id: Any) -> BlockHeader | None:
