@@ -41,6 +41,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+import psycopg
 
 from indexer import foreign_keys, store
 from indexer.chain.source import ChainSource
@@ -562,7 +563,7 @@ def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
     # them (a (master, token) key appears once per pass, so each row is touched once).
     conn.execute(_SHARE_TEMP_TABLES)
     cur = conn.cursor()
-    if minted:
+    if minted and not _copy_new_shares(conn, minted):
         with cur.copy(
             f"COPY indexer_tmp_minted ({_MINTED_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
         ) as copy:
@@ -590,6 +591,25 @@ def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
 
 
 _Row = tuple[Any, ...]
+
+
+def _copy_new_shares(conn: store.Conn, minted: Sequence[_Row]) -> bool:
+    """COPY the minted shares straight into ``nft_shares``, in a savepoint; False (and
+    nothing written) when one of them already has a row — a token minted again after a burn
+    —, and the caller then stages and upserts them. Straight in costs PostgreSQL about a
+    quarter less than staging + ``INSERT … ON CONFLICT`` (0.45 vs 0.60 s of CPU per 76,000
+    shares, measured alone), and re-mints are rare."""
+    try:
+        with (
+            conn.transaction(),
+            conn.cursor().copy(
+                f"COPY nft_shares ({_MINTED_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
+            ) as copy,
+        ):
+            _copy_rows(copy, minted, _minted_line)
+    except psycopg.errors.UniqueViolation:
+        return False
+    return True
 
 
 def _share_rows(work: _Pass, users: dict[str, str]) -> tuple[list[_Row], list[_Row]]:

@@ -131,6 +131,62 @@ def test_default_tiers_without_ipo_config(make_harness: MakeHarness) -> None:
     }
 
 
+def test_token_minted_again_after_a_burn(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """New shares go straight into ``nft_shares`` by COPY; a token minted again after its
+    burn already has a row, so that batch stages and upserts instead (same result: the row
+    keeps its id, the new mint's tier and owner). Across batches and within one."""
+    straight: list[bool] = []
+    copy_new_shares = projections._copy_new_shares
+
+    def spy(conn: Any, minted: Any) -> bool:
+        straight.append(copy_new_shares(conn, minted))
+        return straight[-1]
+
+    monkeypatch.setattr(projections, "_copy_new_shares", spy)
+    h = make_harness()
+    alice, bob = h.node.accounts[1], h.node.accounts[2]
+    artist = add_user(h)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(1, 1, 1, "9", "8", "7", "6"))
+    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    send_tx(h.w3, own.functions.batchMint(alice, 1, 2))
+    h.sync()
+    first_id = h.conn.execute(
+        "SELECT id FROM nft_shares WHERE master_id = %s AND token_id = 1", (master_id,)
+    ).fetchone()
+    send_tx(h.w3, own.functions.burn(1), sender=alice)
+    h.sync()
+    send_tx(h.w3, own.functions.mint(bob, 1))  # token 1 again: its row exists
+    send_tx(h.w3, own.functions.mint(bob, 3))
+    h.sync()
+    send_tx(h.w3, own.functions.burn(3), sender=bob)
+    send_tx(h.w3, own.functions.mint(alice, 3))
+    h.sync()
+    send_tx(h.w3, own.functions.mint(bob, 4))  # minted, burned and minted again in one batch
+    send_tx(h.w3, own.functions.burn(4), sender=bob)
+    send_tx(h.w3, own.functions.mint(alice, 4))
+    h.sync()
+    assert straight == [True, False, False, True]  # batches re-minting a stored token upsert
+    a, b = alice.lower(), bob.lower()
+    expected = [
+        (1, b, None, 3, Decimal("7"), True, False),  # the 3rd accepted mint of the master
+        (2, a, None, 2, Decimal("8"), True, False),
+        (3, a, None, 4, Decimal("6"), True, False),  # the 5th
+        (4, a, None, 4, Decimal("6"), True, False),
+    ]
+    assert shares_of(h.conn, master_id) == expected
+    again = h.conn.execute(
+        "SELECT id FROM nft_shares WHERE master_id = %s AND token_id = 1", (master_id,)
+    ).fetchone()
+    assert again == first_id
+    with h.conn.transaction():
+        projections.rebuild(h.conn, h.chain_id)
+    assert shares_of(h.conn, master_id) == expected
+
+
 def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
     h = make_harness()
     master_id = uuid.uuid4()
