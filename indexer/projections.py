@@ -159,9 +159,11 @@ class AudifiProjector(Projector):
 
     # -- chain reads before the transaction ------------------------------------------------
     def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
+        if all(event.event_type != _COIN for event in events):
+            return events  # most batches
         out = []
         for event in events:
-            if event.event_type == EventType.ARTIST_COIN_DEPLOYED.value:
+            if event.event_type == _COIN:
                 info = read_coin(source, event.args["contractAddress"], event.block_hash)
                 event = event._replace(context=info.to_context())
             out.append(event)
@@ -180,6 +182,11 @@ class AudifiProjector(Projector):
         except BaseException:
             self.forget()
             raise
+        if not pending:  # the usual case
+            batch.applied.update(applied.applied)
+            if batch.effects is not None and applied.effects:
+                batch.effects.update(applied.effects)
+            return
         pending_positions = {e.position for e in pending}
         _mark_applied(conn, chain_id, [p for p in applied.applied if p in pending_positions])
         batch.applied.update(p for p in applied.applied if p not in pending_positions)
@@ -236,7 +243,10 @@ class AudifiProjector(Projector):
         if not events:
             return _Pass()
         master_of_contract = {a: str(r.master_id) for a, r in contracts.items()}
-        owners = [_master_of(e, master_of_contract) for e in events]
+        owners = [
+            master_of_contract.get(e.address) if e.event_type == _TRANSFER else _master_of(e)
+            for e in events
+        ]
         masters = {str(m) for m in _existing(conn, "masters", _uuids(owners))}
         work = _Pass(effects={} if effects else None)
         tiers = self._prepare_mints(conn, events, owners, masters)
@@ -369,11 +379,9 @@ class AudifiProjector(Projector):
 
 
 # ------------------------------------------------------------------------------- helpers
-def _master_of(event: _AnyEvent, master_of_contract: dict[str, str]) -> str | None:
-    """The id text of the event's master (see :class:`_Pass`); None for a coin, or for a
-    transfer of an unregistered contract."""
-    if event.event_type == _TRANSFER:
-        return master_of_contract.get(event.address)
+def _master_of(event: _AnyEvent) -> str | None:
+    """The id text of the master (see :class:`_Pass`) of an event other than a transfer (whose
+    master is its contract's); None for a coin."""
     if event.event_type == _COIN:
         return None
     return str(uuid.UUID(event.args["masterId"]))

@@ -39,6 +39,7 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import threading
@@ -789,9 +790,7 @@ class Syncer:
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
         self._known_head = (last, headers[last].hash)
-        counts: dict[str, int] = {}
-        for event in processed.events:
-            counts[event.event_type] = counts.get(event.event_type, 0) + 1
+        counts = dict(collections.Counter(event.event_type for event in processed.events))
         return StepResult(
             Outcome.PROGRESSED,
             head=head,
