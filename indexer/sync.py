@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import enum
 import itertools
+import sys
 import threading
 import time
 import uuid
@@ -79,6 +80,14 @@ AUDIFI_TOPICS_ANY_EMITTER = (
 """Fetched from every emitter so that spoofs of these rare signatures are seen and counted
 as ignored. ``Transfer`` is only fetched from trusted contracts: every ERC-20/721 on the chain
 emits it, and counting them all would cost the node dearly for no information."""
+
+
+PREFETCH_SWITCH_INTERVAL = 0.0005
+"""GIL switch interval (seconds) of a process whose engine prefetches (set by :class:`Syncer`,
+only ever lowered). The main thread waits on PostgreSQL dozens of times per batch while the
+prefetch thread decodes; with Python's default 5 ms each answer could wait up to that long
+for the GIL (measured: the statements of a 100,000-event backfill 2.1 → 1.9 s, backfill
++3 to +8 %)."""
 
 
 class Outcome(enum.Enum):
@@ -526,6 +535,8 @@ class Syncer:
         self._prefetch: _Prefetch | None = None
         self._prefetch_source: ChainSource | None = None
         self._prefetch_thread: threading.Thread | None = None
+        if options.prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
+            sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
 
     # -- setup -------------------------------------------------------------------------
     def ensure_state(self) -> store.CursorState:

@@ -6,15 +6,16 @@ the oracle's event log of the canonical chain (tests/fixtures/truth.py).
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from web3.logs import DISCARD
 
 from indexer import store
-from indexer.sync import Outcome
+from indexer.sync import Outcome, Syncer, SyncOptions, Trust
 from tests.fixtures.chains import deploy, mine_in_one_block, send_tx
 from tests.fixtures.indexing import Harness
 
@@ -201,3 +202,24 @@ def test_same_engine_on_eth_tester(chain: Any, database_url: str) -> None:
     ]
     last_block = [r for r in stored if r[0] == stored[-1][0]]
     assert [r[3] for r in last_block] == sorted({r[3] for r in last_block})  # distinct indexes
+
+
+@pytest.mark.parametrize(
+    ("before", "prefetch", "after"),
+    [
+        (0.005, True, 0.0005),  # Python's default: lowered
+        (0.0001, True, 0.0001),  # already shorter: kept
+        (0.005, False, 0.005),  # no prefetch thread, nothing to contend with
+    ],
+)
+def test_prefetching_engine_shortens_the_gil_switch_interval(
+    before: float, prefetch: bool, after: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The main thread's PostgreSQL answers must not wait long behind the prefetch thread's
+    decoding: an engine that prefetches lowers the switch interval, never raises it."""
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: before)
+    set_to: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", set_to.append)
+    options = SyncOptions(prefetch=prefetch)
+    Syncer(cast(Any, None), cast(Any, None), 1, Trust(None, frozenset(), None), options)
+    assert (set_to[-1] if set_to else before) == after
