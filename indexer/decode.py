@@ -2,7 +2,9 @@
 
 The event layouts come from the ABIs in ``abis/``; the decoder itself is hand-written for this
 fixed event set (reading topics and data by position is ~15x faster than web3's
-``process_log``). ``tests/test_decode.py`` proves it equal to web3's decoding over real logs.
+``process_log``). The end-to-end tests compare the stored event log with web3's decoding of
+the same chain (``tests/fixtures/truth.py``); ``tests/test_decode.py`` checks the fast path of
+:func:`decode_json` against :func:`decode` on well-formed and malformed logs.
 
 Guarantees:
 

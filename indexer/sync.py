@@ -83,11 +83,12 @@ emits it, and counting them all would cost the node dearly for no information.""
 
 
 PREFETCH_SWITCH_INTERVAL = 0.0005
-"""GIL switch interval (seconds) of a process whose engine prefetches (set by :class:`Syncer`,
-only ever lowered). The main thread waits on PostgreSQL dozens of times per batch while the
-prefetch thread decodes; with Python's default 5 ms each answer could wait up to that long
-for the GIL (measured: the statements of a 100,000-event backfill 2.1 → 1.9 s, backfill
-+3 to +8 %)."""
+"""GIL switch interval (seconds) of a process with an engine that can prefetch (prefetch on,
+a source that can ``clone()``): :class:`Syncer` lowers the interpreter's (never raises it)
+when it is built, for the rest of the process's life. The main thread waits on PostgreSQL
+dozens of times per batch while the prefetch thread decodes; with Python's default 5 ms each
+answer could wait up to that long for the GIL (measured: the statements of a 100,000-event
+backfill 2.1 → 1.9 s, backfill +3 to +8 %)."""
 
 
 class Outcome(enum.Enum):
@@ -535,8 +536,9 @@ class Syncer:
         self._prefetch: _Prefetch | None = None
         self._prefetch_source: ChainSource | None = None
         self._prefetch_thread: threading.Thread | None = None
-        if options.prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
-            sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)
+        can_prefetch = options.prefetch and hasattr(source, "clone")
+        if can_prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
+            sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)  # for the process's lifetime
 
     # -- setup -------------------------------------------------------------------------
     def ensure_state(self) -> store.CursorState:

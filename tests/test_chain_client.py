@@ -30,7 +30,7 @@ from indexer.chain.errors import (
     mask_endpoint,
     parse_retry_after,
 )
-from indexer.chain.http_source import HttpChainSource
+from indexer.chain.http_source import HttpChainSource, parse_header, parse_log
 from indexer.chain.rpc import JsonRpcClient, RpcCall
 from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.chain.web3_source import Web3ChainSource
@@ -565,3 +565,29 @@ def test_web3_source_on_eth_tester(eth_tester_w3: Web3) -> None:
         source.call(events.reverting, NAME_SELECTOR, latest)
     with pytest.raises(TransientRpcError, match="not on the canonical chain"):
         source.call(events.coin, NAME_SELECTOR, "0x" + "11" * 32)
+
+
+@pytest.mark.parametrize("field", ["blockHash", "transactionHash"])
+@pytest.mark.parametrize("value", ["", "0x1234", "tab\there", "0x" + "zz" * 32])
+def test_log_hashes_must_be_32_byte_hex(field: str, value: str) -> None:
+    """A log's block and transaction hashes are stored in NOT NULL columns and compared with
+    headers: anything but 32-byte hex is a malformed answer (converted to a transient RPC
+    error, retried elsewhere), never a row."""
+    raw = {
+        "address": "0x" + "ab" * 20,
+        "topics": [],
+        "data": "0x",
+        "blockNumber": "0x1",
+        "blockHash": "0x" + "11" * 32,
+        "transactionHash": "0x" + "22" * 32,
+        "transactionIndex": "0x0",
+        "logIndex": "0x0",
+    }
+    assert parse_log(raw).tx_hash == "0x" + "22" * 32
+    with pytest.raises(ValueError, match="not 32-byte hashes"):
+        parse_log({**raw, field: value})
+    header = {"number": "0x1", "hash": raw["blockHash"], "parentHash": raw["transactionHash"],
+              "timestamp": "0x5"}  # fmt: skip
+    assert parse_header(header) is not None
+    with pytest.raises(ValueError, match="not 32-byte hashes"):
+        parse_header({**header, "hash" if field == "blockHash" else "parentHash": value})

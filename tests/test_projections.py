@@ -131,12 +131,16 @@ def test_default_tiers_without_ipo_config(make_harness: MakeHarness) -> None:
     }
 
 
+@pytest.mark.parametrize("keys_per_batch", [True, False])
 def test_token_minted_again_after_a_burn(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, keys_per_batch: bool
 ) -> None:
     """New shares go straight into ``nft_shares`` by COPY; a token minted again after its
     burn already has a row, so that batch stages and upserts instead (same result: the row
-    keeps its id, the new mint's tier and owner). Across batches and within one."""
+    keeps its id, the new mint's tier and owner). Across batches and within one; with the
+    foreign keys checked per batch and by their row triggers (the savepoint either way)."""
+    if not keys_per_batch:
+        monkeypatch.setattr(projections.foreign_keys, "fast_path_allowed", lambda *a: False)
     straight: list[bool] = []
     copy_new_shares = projections._copy_new_shares
 

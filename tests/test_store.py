@@ -7,10 +7,11 @@ import datetime as dt
 import psycopg
 import pytest
 
-from indexer import store
+from indexer import projections, store
+from indexer.chain.types import BlockHeader
 
 
-def _copy_back(database_url: str, rows: list[tuple[object, ...]], chunk: int) -> list[tuple]:
+def _copy_back(database_url: str, rows: list[tuple[object, ...]]) -> list[tuple]:
     """``rows`` through :func:`store.write_copy_lines` (plain lines as the write path renders
     them: values joined by tabs, None as an empty field) into a temp table, and back."""
     lines = ["\t".join("" if v is None else str(v) for v in row) + "\n" for row in rows]
@@ -39,7 +40,7 @@ def test_copy_text_round_trips_awkward_values(
         ("\\N", None, time, 5),
         ("also plain", "x", time, 7),
     ]
-    assert _copy_back(database_url, rows, chunk) == sorted(rows, key=lambda r: int(r[3]))
+    assert _copy_back(database_url, rows) == sorted(rows, key=lambda r: int(r[3]))
 
 
 def test_copy_refuses_what_it_cannot_store(database_url: str) -> None:
@@ -51,4 +52,74 @@ def test_copy_refuses_what_it_cannot_store(database_url: str) -> None:
     with pytest.raises(psycopg.DataError, match="empty"):
         store.copy_text("")
     with pytest.raises(psycopg.errors.NotNullViolation):
-        _copy_back(database_url, [("", "x", None, 1)], 10)
+        _copy_back(database_url, [("", "x", None, 1)])
+
+
+def _event(i: int, tx_hash: str, context: dict[str, str] | None = None) -> store.EventRow:
+    return store.EventRow(
+        block_number=1,
+        block_hash="0x" + "11" * 32,
+        block_time=dt.datetime(2024, 5, 6, 7, 8, i, tzinfo=dt.UTC),
+        tx_hash=tx_hash,
+        tx_index=i,
+        log_index=i,
+        address="0x" + "ab" * 20,
+        event_type="Transfer",
+        args={"from": "0x" + "00" * 20, "to": "0x" + f"{i:040x}", "tokenId": str(2**256 - i)},
+        context=context,
+    )
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 2000])
+def test_event_log_copy_stores_every_value_as_it_is(
+    database_url: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event log's own renderer (``write_batch``), with awkward values in a later chunk
+    than the first (so a re-rendered chunk must start at the right event): every column comes
+    back as it went in, plain chunks and escaped ones alike."""
+    monkeypatch.setattr(store, "COPY_CHUNK", chunk)
+    events = [
+        _event(0, "0x" + "22" * 32),
+        _event(1, "0x" + "33" * 32, context={"coin": "plain"}),
+        _event(2, "0x" + "44" * 32),
+        _event(3, "tab\there back\\slash \\N", context={"coin": 'quote " and \\ and \n'}),
+        _event(4, "0x" + "55" * 32),
+    ]
+    header = BlockHeader(1, "0x" + "11" * 32, "0x" + "00" * 32, 1_700_000_000)
+    batch = store.Batch(head=header, events=events, window=[header])
+    batch.applied.update(e.position for e in events[1:])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with conn.transaction():
+            store.init_state(conn, 1, 0)
+            store.write_batch(conn, 1, batch, keep_blocks=64, outbox=False)
+        back = conn.execute(
+            "SELECT tx_hash, block_time, args, context, applied FROM indexer_events "
+            "ORDER BY log_index"
+        ).fetchall()
+    assert back == [
+        (e.tx_hash, e.block_time, e.args, e.context, e.position in batch.applied) for e in events
+    ]
+
+
+def test_share_rows_copy_stores_every_value_as_it_is(database_url: str) -> None:
+    """The shares' renderer: NULL owners stay NULL, an owner wallet that would break a plain
+    line (in the second chunk) comes back unchanged."""
+    time = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.UTC)
+    rows = [
+        ("m", 1, None, None, None),
+        ("m", 2, None, "0x" + "ab" * 20, time),
+        ("m", 3, None, "tab\tand\\N", time),
+    ]
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "CREATE TEMP TABLE t (master_id text, token_id numeric, owner_id uuid, "
+            "owner_wallet text, last_transfer timestamptz)"
+        )
+        with (
+            conn.cursor().copy(f"COPY t FROM STDIN {store.COPY_NULL_EMPTY}") as copy,
+            pytest.MonkeyPatch.context() as patch,
+        ):
+            patch.setattr(store, "COPY_CHUNK", 2)
+            projections._copy_rows(copy, rows, projections._moved_line)
+        back = conn.execute("SELECT * FROM t ORDER BY token_id").fetchall()
+    assert [(m, int(t), o, w, lt) for m, t, o, w, lt in back] == rows

@@ -204,22 +204,28 @@ def test_same_engine_on_eth_tester(chain: Any, database_url: str) -> None:
     assert [r[3] for r in last_block] == sorted({r[3] for r in last_block})  # distinct indexes
 
 
+class _Cloneable:
+    def clone(self) -> _Cloneable:
+        return _Cloneable()
+
+
 @pytest.mark.parametrize(
-    ("before", "prefetch", "after"),
+    ("before", "prefetch", "source", "after"),
     [
-        (0.005, True, 0.0005),  # Python's default: lowered
-        (0.0001, True, 0.0001),  # already shorter: kept
-        (0.005, False, 0.005),  # no prefetch thread, nothing to contend with
+        (0.005, True, _Cloneable(), 0.0005),  # Python's default: lowered
+        (0.0001, True, _Cloneable(), 0.0001),  # already shorter: kept
+        (0.005, False, _Cloneable(), 0.005),  # no prefetch thread, nothing to contend with
+        (0.005, True, object(), 0.005),  # a source that cannot clone itself never prefetches
     ],
 )
 def test_prefetching_engine_shortens_the_gil_switch_interval(
-    before: float, prefetch: bool, after: float, monkeypatch: pytest.MonkeyPatch
+    before: float, prefetch: bool, source: object, after: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The main thread's PostgreSQL answers must not wait long behind the prefetch thread's
-    decoding: an engine that prefetches lowers the switch interval, never raises it."""
+    decoding: an engine that can prefetch lowers the switch interval, never raises it."""
     monkeypatch.setattr(sys, "getswitchinterval", lambda: before)
     set_to: list[float] = []
     monkeypatch.setattr(sys, "setswitchinterval", set_to.append)
     options = SyncOptions(prefetch=prefetch)
-    Syncer(cast(Any, None), cast(Any, None), 1, Trust(None, frozenset(), None), options)
+    Syncer(cast(Any, source), cast(Any, None), 1, Trust(None, frozenset(), None), options)
     assert (set_to[-1] if set_to else before) == after

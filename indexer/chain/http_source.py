@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,15 +58,28 @@ log = get_logger("audifi.chain")
 # Conversion of raw answers (hot path: keep it lean)
 
 
+_is_hash = re.compile(r"0x[0-9a-f]{64}").fullmatch
+
+
+def _malformed_hashes(*values: str) -> ValueError:
+    return ValueError(f"not 32-byte hashes: {values!r:.200}")
+
+
 def parse_log(raw: dict[str, Any]) -> Log:
-    """A raw ``eth_getLogs`` element → :class:`Log` (lowercase hex, ints from hex)."""
+    """A raw ``eth_getLogs`` element → :class:`Log` (lowercase hex, ints from hex). Its block
+    and transaction hashes must be 32-byte hex (they are stored in NOT NULL columns and
+    compared with headers): anything else is a malformed answer (``ValueError``)."""
+    block_hash = raw["blockHash"].lower()
+    tx_hash = raw["transactionHash"].lower()
+    if not (_is_hash(block_hash) and _is_hash(tx_hash)):
+        raise _malformed_hashes(block_hash, tx_hash)
     return Log(
         raw["address"].lower(),
         tuple([topic.lower() for topic in raw["topics"]]),
         raw["data"].lower(),
         int(raw["blockNumber"], 16),
-        raw["blockHash"].lower(),
-        raw["transactionHash"].lower(),
+        block_hash,
+        tx_hash,
         int(raw["transactionIndex"], 16),
         int(raw["logIndex"], 16),
         raw.get("removed") is True,
@@ -73,15 +87,14 @@ def parse_log(raw: dict[str, Any]) -> Log:
 
 
 def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
-    """A raw block (``eth_getBlockByNumber``) → :class:`BlockHeader`; null stays None."""
+    """A raw block (``eth_getBlockByNumber``) → :class:`BlockHeader`; null stays None. Its
+    hash and parent hash must be 32-byte hex (``ValueError`` otherwise)."""
     if raw is None:
         return None
-    return BlockHeader(
-        int(raw["number"], 16),
-        raw["hash"].lower(),
-        raw["parentHash"].lower(),
-        int(raw["timestamp"], 16),
-    )
+    block_hash, parent_hash = raw["hash"].lower(), raw["parentHash"].lower()
+    if not (_is_hash(block_hash) and _is_hash(parent_hash)):
+        raise _malformed_hashes(block_hash, parent_hash)
+    return BlockHeader(int(raw["number"], 16), block_hash, parent_hash, int(raw["timestamp"], 16))
 
 
 def _parse_logs(raw: list[dict[str, Any]]) -> list[Log]:
