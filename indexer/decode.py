@@ -178,8 +178,8 @@ class DecodedEvent(NamedTuple):
 
 def decode(log: Log, event: EventType) -> DecodedEvent:
     """Decode ``log`` as ``event``; the caller has matched its (topic0, topic count)."""
-    topics = log.topics
     spec = SPECS[event]
+    topics = log.topics
     words = _data_words(log, spec)
     if event is EventType.TRANSFER:
         args: dict[str, Any] = {

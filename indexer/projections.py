@@ -567,8 +567,10 @@ def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
     if not work.shares:
         return
     minted, moved = _share_rows(work, users)
-    # Set-based: the rows go to session temp tables by COPY, then one statement each writes
-    # them (a (master, token) key appears once per pass, so each row is touched once).
+    # Set-based (a (master, token) key appears once per pass, so each row is touched once):
+    # new shares by one COPY straight into nft_shares, or — when one of them already has a row
+    # — through a session temp table and one upsert; moved shares through a temp table and
+    # one UPDATE.
     conn.execute(_SHARE_TEMP_TABLES)
     cur = conn.cursor()
     if minted and not _copy_new_shares(conn, minted):

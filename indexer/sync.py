@@ -58,6 +58,7 @@ from indexer.chain.http_source import gc_paused
 from indexer.chain.source import ChainSource
 from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.decode import (
+    ROLE_EVENTS,
     TOPIC0,
     DecodeError,
     EmitterRole,
@@ -239,7 +240,7 @@ def process_logs(
             out.other += 1
             continue
         if verdict is Verdict.DECODE:
-            event = _ROLE_EVENT[role]
+            event = ROLE_EVENTS[role]
             try:
                 args = decode_json(log, event)
             except DecodeError as exc:
@@ -280,13 +281,6 @@ def process_logs(
 
 _EVENT_NAMES = {event: event.value for event in EventType}
 """Stored names of the events (a dict lookup: ``Enum.value`` is a Python-level descriptor)."""
-
-_ROLE_EVENT = {
-    EmitterRole.REGISTRY: EventType.MASTER_REGISTERED,
-    EmitterRole.MASTER: EventType.TRANSFER,
-    EmitterRole.DIVIDEND: EventType.DIVIDEND_DEPOSITED,
-    EmitterRole.COIN_FACTORY: EventType.ARTIST_COIN_DEPLOYED,
-}
 
 
 def _new_registration_targets(
