@@ -4,6 +4,7 @@ both chain sources, on a real anvil node (through the fault-injecting proxy) and
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import traceback
@@ -12,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+import orjson
 import pytest
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
@@ -30,7 +33,7 @@ from indexer.chain.errors import (
     mask_endpoint,
     parse_retry_after,
 )
-from indexer.chain.http_source import HttpChainSource, parse_header, parse_log
+from indexer.chain.http_source import HttpChainSource, decode_logs, parse_header, parse_log
 from indexer.chain.rpc import JsonRpcClient, RpcCall
 from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.chain.web3_source import Web3ChainSource
@@ -348,6 +351,71 @@ def test_error_inside_a_batch_is_classified_per_element(rpc_proxy: RpcProxy) -> 
     client.close()
 
 
+_OK_1 = b'{"jsonrpc":"2.0","id":1,"result":"0x1"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"bad batch"}}', "bad batch"),
+        (b'"x"', "not a list: str"),
+        (b"[" + _OK_1 + b"]", "misses id 2"),
+        (b"[" + _OK_1 + b',{"jsonrpc":"2.0","id":2}]', "neither result nor error"),
+        (b"[" + _OK_1 + b',{"jsonrpc":"2.0","id":[2],"result":"0x2"}]', "misses id 2"),
+        (b"[" + _OK_1 + b',{"jsonrpc":"2.0","id":"2","result":"0x2"}]', "misses id 2"),
+        (b"[" + _OK_1 + b',{"id":2,"error":{"code":-32005,"message":"slow down"}}]', "slow down"),
+        (b"[" + _OK_1 + b',{"id":2,"error":"oops"}]', "malformed error object"),
+        (b"[1," + _OK_1 + b',{"id":2,"result":null}]', None),
+        (b'[{"id":2,"result":{"a":[1,2]}},' + _OK_1 + b"]", None),
+    ],
+)
+def test_batch_raw_answers_and_fails_as_batch(
+    rpc_proxy: RpcProxy, body: bytes, expected: str | None
+) -> None:
+    """batch_raw decodes envelopes with msgspec and leaves results as JSON text: for any
+    answer it gives the same results (as text) or raises the same error as batch."""
+    calls: list[RpcCall] = [("eth_blockNumber", []), ("eth_chainId", [])]
+    outcomes: list[Any] = []
+    for raw in (False, True):
+        client = JsonRpcClient(rpc_proxy.url, 5.0)  # ids start at 1 for each
+        rpc_proxy.fail_next(1, status=200, body=body)
+        try:
+            results = client.batch_raw(calls) if raw else client.batch(calls)
+        except RpcError as exc:
+            outcomes.append((type(exc), exc.outcome, str(exc)))
+        else:
+            outcomes.append([msgspec.json.decode(r) for r in results] if raw else results)
+            if raw:
+                assert all(isinstance(r, msgspec.Raw) for r in results)
+        client.close()
+    assert outcomes[0] == outcomes[1]
+    if expected is None:
+        assert isinstance(outcomes[0], list) and outcomes[0][0] == "0x1"
+    else:
+        assert expected in outcomes[0][2]
+
+
+def test_batch_raw_on_anvil_and_after_http_errors(rpc_proxy: RpcProxy, anvil: AnvilNode) -> None:
+    client = JsonRpcClient(rpc_proxy.url, 5.0)
+    number, block = client.batch_raw(
+        [("eth_blockNumber", []), ("eth_getBlockByNumber", ["0x0", False])]
+    )
+    assert int(msgspec.json.decode(number), 16) == anvil.w3.eth.block_number
+    assert msgspec.json.decode(block)["hash"] == anvil.w3.eth.get_block(0)["hash"].to_0x_hex()
+    rpc_proxy.fail_next(1, status=503)
+    with pytest.raises(TransientRpcError, match="HTTP 503"):
+        client.batch_raw([("eth_blockNumber", [])])
+    client.close()
+    fresh = JsonRpcClient(rpc_proxy.url, 5.0)  # its first id is 1
+    rpc_proxy.fail_next(
+        1, status=400, body=b'[{"jsonrpc":"2.0","id":1,"error":{"code":-32601,"message":"nope"}}]'
+    )
+    with pytest.raises(FatalRpcError, match="nope"):
+        fresh.batch_raw([("eth_foo", [])])
+    fresh.close()
+
+
 # --------------------------------------------------------------------------------------------
 # HttpChainSource and Web3ChainSource on anvil
 
@@ -591,3 +659,74 @@ def test_log_hashes_must_be_32_byte_hex(field: str, value: str) -> None:
     assert parse_header(header) is not None
     with pytest.raises(ValueError, match="not 32-byte hashes"):
         parse_header({**header, "hash" if field == "blockHash" else "parentHash": value})
+
+
+def _raw_log(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "address": "0x" + "ab" * 20,
+        "topics": ["0x" + "cd" * 32, "0x" + "00" * 12 + "ef" * 20],
+        "data": "0x" + "0f" * 32,
+        "blockHash": "0x" + "11" * 32,
+        "blockNumber": "0x1f",
+        "blockTimestamp": "0x6b07a9fe",
+        "transactionHash": "0x" + "22" * 32,
+        "transactionIndex": "0xa",
+        "logIndex": "0x3",
+        "removed": False,
+    }
+    raw.update(changes)
+    return {k: v for k, v in raw.items() if v is not ...}
+
+
+def test_decode_logs_builds_lowercase_logs_with_int_quantities() -> None:
+    lower = [_raw_log(), _raw_log(logIndex="0x4", removed=None), _raw_log(removed=...)]
+    logs = decode_logs(orjson.dumps(lower))
+    assert logs[0] == Log(
+        address="0x" + "ab" * 20,
+        topics=("0x" + "cd" * 32, "0x" + "00" * 12 + "ef" * 20),
+        data="0x" + "0f" * 32,
+        block_number=31,
+        block_hash="0x" + "11" * 32,
+        tx_hash="0x" + "22" * 32,
+        tx_index=10,
+        log_index=3,
+    )
+    assert [(log.log_index, log.removed) for log in logs] == [(3, False), (4, False), (3, False)]
+    assert decode_logs(orjson.dumps([_raw_log(removed=True)]))[0].removed is True
+    # a node that answers in upper case (checksummed addresses, "0X", hex digits) gets the same
+    upper = [
+        {k: (v.upper() if isinstance(v, str) else v) for k, v in raw.items()}
+        | {"address": Web3.to_checksum_address(raw["address"])}
+        | {"topics": [t.upper() for t in raw["topics"]]}
+        for raw in lower
+    ]
+    assert b"0X" in orjson.dumps(upper)
+    assert decode_logs(orjson.dumps(upper)) == logs
+    assert decode_logs(msgspec.Raw(orjson.dumps(upper))) == logs
+    assert decode_logs(b"[]") == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"blockNumber": "0xzz"}, "invalid literal"),
+        ({"logIndex": ...}, "missing required field `logIndex`"),
+        ({"topics": "0x00"}, "Expected `array`"),
+        ({"address": None}, "Expected `str`"),
+        ({"removed": "no"}, "Expected `bool | null`"),
+        ({"transactionHash": "0x1234"}, "not 32-byte hashes"),
+        ({"blockHash": "0x" + "g1" * 32}, "not 32-byte hashes"),
+    ],
+)
+def test_decode_logs_refuses_malformed_logs(
+    change: dict[str, Any], message: str, rpc_proxy: RpcProxy
+) -> None:
+    body = orjson.dumps([_raw_log(), _raw_log(**change)])
+    with pytest.raises((ValueError, msgspec.ValidationError), match=re.escape(message)):
+        decode_logs(body)
+    source = HttpChainSource([rpc_proxy.url], max_attempts=1)  # its first request id is 1
+    rpc_proxy.fail_next(1, status=200, body=b'[{"jsonrpc":"2.0","id":1,"result":%s}]' % body)
+    with pytest.raises(TransientRpcError, match="malformed answer") as error:
+        source.fetch([LogFilter(0, 1)], [])
+    assert error.value.outcome == "bad_response"
+    source.close()

@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import gc
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgspec
+import msgspec.structs
+import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from indexer.chain.errors import (
@@ -44,10 +46,10 @@ from indexer.chain.errors import (
     mask_endpoint,
 )
 from indexer.chain.rpc import JsonRpcClient, Observer, RpcCall
-from indexer.chain.types import BlockHeader, Log, LogFilter
+from indexer.chain.types import LOGS_DECODER, BlockHeader, Log, LogFilter, is_hash
 from indexer.logs import get_logger
 
-__all__ = ["HttpChainSource", "gc_paused", "parse_header", "parse_log"]
+__all__ = ["HttpChainSource", "decode_logs", "gc_paused", "parse_header", "parse_log"]
 
 T = TypeVar("T")
 
@@ -58,32 +60,52 @@ log = get_logger("audifi.chain")
 # Conversion of raw answers (hot path: keep it lean)
 
 
-_is_hash = re.compile(r"0x[0-9a-f]{64}").fullmatch
+_UPPER_HEX = tuple(bytes([c]) for c in b"ABCDEFX")
+"""Bytes that never occur in a lowercase answer: the keys of a log object hold none of them
+(``blockHash``, ``logIndex``, ``transactionIndex``, …), hex values only when not lowercase
+(``0X``, ``0xAB``)."""
 
 
-def _malformed_hashes(*values: str) -> ValueError:
-    return ValueError(f"not 32-byte hashes: {values!r:.200}")
+def decode_logs(raw: bytes | msgspec.Raw) -> list[Log]:
+    """An ``eth_getLogs`` result (its JSON text) → ``list[Log]``, lowercase, hashes checked.
+
+    Guarantees: every text field of every log is lowercase; every ``block_hash`` and
+    ``tx_hash`` is 32-byte ``0x`` hex (they are stored in NOT NULL columns and compared with
+    headers) — anything else raises ``ValueError`` or ``msgspec.ValidationError`` (a malformed
+    answer), never a ``Log``. Cost: one msgspec decode, seven ``bytes.find`` scans of the text
+    (a lowercase answer, the usual case, is not lowercased log by log) and one check per
+    distinct hash (the logs of one transaction share both hashes)."""
+    logs = LOGS_DECODER.decode(raw)
+    text = memoryview(raw).tobytes() if isinstance(raw, msgspec.Raw) else raw
+    if any(text.find(byte) >= 0 for byte in _UPPER_HEX):
+        logs = [_lowercased(log) for log in logs]
+    hashes = {log.block_hash for log in logs}
+    hashes.update([log.tx_hash for log in logs])
+    bad = [value for value in hashes if not is_hash(value)]
+    if bad:
+        raise ValueError(f"not 32-byte hashes: {sorted(bad)!r:.200}")
+    return logs
+
+
+def _lowercased(log: Log) -> Log:
+    return msgspec.structs.replace(
+        log,
+        address=log.address.lower(),
+        topics=tuple([topic.lower() for topic in log.topics]),
+        data=log.data.lower(),
+        block_hash=log.block_hash.lower(),
+        tx_hash=log.tx_hash.lower(),
+    )
 
 
 def parse_log(raw: dict[str, Any]) -> Log:
-    """A raw ``eth_getLogs`` element → :class:`Log` (lowercase hex, ints from hex). Its block
-    and transaction hashes must be 32-byte hex (they are stored in NOT NULL columns and
-    compared with headers): anything else is a malformed answer (``ValueError``)."""
-    block_hash = raw["blockHash"].lower()
-    tx_hash = raw["transactionHash"].lower()
-    if not (_is_hash(block_hash) and _is_hash(tx_hash)):
-        raise _malformed_hashes(block_hash, tx_hash)
-    return Log(
-        raw["address"].lower(),
-        tuple([topic.lower() for topic in raw["topics"]]),
-        raw["data"].lower(),
-        int(raw["blockNumber"], 16),
-        block_hash,
-        tx_hash,
-        int(raw["transactionIndex"], 16),
-        int(raw["logIndex"], 16),
-        raw.get("removed") is True,
-    )
+    """One ``eth_getLogs`` element (parsed JSON) → :class:`Log`, as :func:`decode_logs`
+    would give it (``ValueError`` for a malformed element)."""
+    try:
+        (log,) = decode_logs(orjson.dumps([raw]))
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    return log
 
 
 def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
@@ -92,22 +114,16 @@ def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
     if raw is None:
         return None
     block_hash, parent_hash = raw["hash"].lower(), raw["parentHash"].lower()
-    if not (_is_hash(block_hash) and _is_hash(parent_hash)):
-        raise _malformed_hashes(block_hash, parent_hash)
+    if not (is_hash(block_hash) and is_hash(parent_hash)):
+        raise ValueError(f"not 32-byte hashes: {(block_hash, parent_hash)!r:.200}")
     return BlockHeader(int(raw["number"], 16), block_hash, parent_hash, int(raw["timestamp"], 16))
-
-
-def _parse_logs(raw: list[dict[str, Any]]) -> list[Log]:
-    if not isinstance(raw, list):
-        raise TypeError(f"eth_getLogs result is {type(raw).__name__}, not a list")
-    return [parse_log(item) for item in raw]
 
 
 def _converted(client: JsonRpcClient, method: str, convert: Callable[[], T]) -> T:
     """``convert()``; a conversion failure is the endpoint's malformed answer (transient)."""
     try:
         return convert()
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, msgspec.MsgspecError) as exc:
         raise TransientRpcError(
             f"malformed answer: {type(exc).__name__}: {exc}",
             outcome="bad_response",
@@ -139,12 +155,15 @@ Fetched = tuple[list[list[Log]], list[BlockHeader | None]]
 
 
 def _fetch_on(client: JsonRpcClient, calls: Sequence[RpcCall], split: int) -> Fetched:
-    """One batch on one endpoint: ``calls[:split]`` are eth_getLogs, the rest headers."""
+    """One batch on one endpoint: ``calls[:split]`` are eth_getLogs, the rest headers. The
+    logs go from the answer's bytes to :class:`Log` objects in one msgspec decode each."""
     with gc_paused():
-        results = client.batch(calls)
-        logs = _converted(client, "eth_getLogs", lambda: [_parse_logs(r) for r in results[:split]])
+        results = client.batch_raw(calls)
+        logs = _converted(client, "eth_getLogs", lambda: [decode_logs(r) for r in results[:split]])
         headers = _converted(
-            client, "eth_getBlockByNumber", lambda: [parse_header(r) for r in results[split:]]
+            client,
+            "eth_getBlockByNumber",
+            lambda: [parse_header(msgspec.json.decode(r)) for r in results[split:]],
         )
     return logs, headers
 

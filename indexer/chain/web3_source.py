@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import msgspec.structs
 import requests
 from hexbytes import HexBytes
 from web3 import Web3
@@ -164,7 +165,7 @@ class Web3ChainSource:
                 continue
             if topics and (not log.topics or log.topics[0] not in topics):
                 continue
-            out.append(log._replace(log_index=index))
+            out.append(msgspec.structs.replace(log, log_index=index))
         return out
 
     def _header(self, block_id: Any) -> BlockHeader | None:
