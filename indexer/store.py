@@ -76,6 +76,10 @@ class EventRow(NamedTuple):
     """JSON-safe decoded values (see :func:`indexer.decode.args_to_json`)."""
     context: dict[str, Any] | None = None
     """Chain reads made for this event at its block (artist coin metadata)."""
+    copy_prefix: str | None = None
+    """Its columns ``block_number`` … ``args`` as plain COPY text (:func:`event_copy_prefix`),
+    rendered where the event was decoded — in a backfill the prefetch thread, while the
+    thread that writes waits on PostgreSQL —; None: rendered when written."""
 
     @property
     def message_id(self) -> str:
@@ -387,10 +391,31 @@ _EVENT_COLUMNS = (
 )
 
 
+def event_copy_prefix(
+    block_number: int,
+    block_hash: str,
+    time_text: str,
+    tx_hash: str,
+    tx_index: int,
+    log_index: int,
+    address: str,
+    event_type: str,
+    args: dict[str, str],
+) -> str:
+    """Columns ``block_number`` … ``args`` of an event's plain COPY line
+    (:data:`_EVENT_COLUMNS`), each followed by a tab; ``time_text``: the block time's
+    ``isoformat()``. Plain text is checked per chunk when sent (:func:`write_copy_lines`)."""
+    return (
+        f"{block_number}\t{block_hash}\t{time_text}\t{tx_hash}\t{tx_index}\t{log_index}\t"
+        f"{address}\t{event_type}\t{orjson.dumps(args).decode()}\t"
+    )
+
+
 def _copy_events(
     copy: Any, chain_id: int, events: Sequence[EventRow], applied: set[tuple[int, int]]
 ) -> None:
-    """COPY ``events`` into ``indexer_events`` (:data:`_EVENT_COLUMNS`)."""
+    """COPY ``events`` into ``indexer_events`` (:data:`_EVENT_COLUMNS`), each line from its
+    :attr:`EventRow.copy_prefix` when it has one."""
     dumps = orjson.dumps
 
     def values(i: int) -> tuple[object, ...]:
@@ -402,17 +427,19 @@ def _copy_events(
 
     def plain() -> Iterator[str]:
         times: dict[dt.datetime, str] = {}
+        head = f"{chain_id}\t"
         for e in events:
-            time = times.get(e.block_time)
-            if time is None:
-                time = times[e.block_time] = e.block_time.isoformat()
+            prefix = e.copy_prefix
+            if prefix is None:
+                time = times.get(e.block_time)
+                if time is None:
+                    time = times[e.block_time] = e.block_time.isoformat()
+                prefix = event_copy_prefix(e.block_number, e.block_hash, time, e.tx_hash,
+                                           e.tx_index, e.log_index, e.address, e.event_type,
+                                           e.args)  # fmt: skip
             context = "" if e.context is None else dumps(e.context).decode()
             flag = "t" if (e.block_number, e.log_index) in applied else "f"
-            yield (
-                f"{chain_id}\t{e.block_number}\t{e.block_hash}\t{time}\t{e.tx_hash}\t"
-                f"{e.tx_index}\t{e.log_index}\t{e.address}\t{e.event_type}\t"
-                f"{dumps(e.args).decode()}\t{context}\t{flag}\n"
-            )
+            yield f"{head}{prefix}{context}\t{flag}\n"
 
     write_copy_lines(copy, plain(), 12, lambda i: escaped_line(values(i)))
 

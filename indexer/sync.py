@@ -40,6 +40,7 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import enum
 import itertools
 import sys
@@ -221,10 +222,12 @@ def process_logs(
 
     ``logs`` must be in chain order. ``registrations`` is not modified; registrations found in
     ``logs`` are trusted from their own position on (later logs of the same block included).
+    Each event's COPY text is rendered here (:attr:`store.EventRow.copy_prefix`): in a
+    backfill this runs in the prefetch thread, off the thread that waits on PostgreSQL.
     """
     out = _Processed()
     known = dict(registrations)
-    times: dict[int, Any] = {}
+    times: dict[int, tuple[dt.datetime, str]] = {}
     static_roles = trust.static_roles()
     events = out.events
     for log in logs:
@@ -247,12 +250,17 @@ def process_logs(
                 reason = str(exc)
             else:
                 number = log.block_number
-                block_time = times.get(number)
-                if block_time is None:
-                    block_time = times[number] = store.block_time(headers[number])
+                time = times.get(number)
+                if time is None:
+                    block_time = store.block_time(headers[number])
+                    time = times[number] = (block_time, block_time.isoformat())
+                name = _EVENT_NAMES[event]
+                prefix = store.event_copy_prefix(number, log.block_hash, time[1], log.tx_hash,
+                                                 log.tx_index, log.log_index, log.address, name,
+                                                 args)  # fmt: skip
                 events.append(
-                    store.EventRow(number, log.block_hash, block_time, log.tx_hash, log.tx_index,
-                             log.log_index, log.address, _EVENT_NAMES[event], args)
+                    store.EventRow(number, log.block_hash, time[0], log.tx_hash, log.tx_index,
+                                   log.log_index, log.address, name, args, None, prefix)
                 )  # fmt: skip
                 if event is EventType.MASTER_REGISTERED:
                     contract = args["contractAddress"]

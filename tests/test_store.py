@@ -70,13 +70,24 @@ def _event(i: int, tx_hash: str, context: dict[str, str] | None = None) -> store
     )
 
 
+def _prerendered(e: store.EventRow) -> store.EventRow:
+    """``e`` with the COPY prefix decoding renders (see ``sync.process_logs``)."""
+    prefix = store.event_copy_prefix(e.block_number, e.block_hash, e.block_time.isoformat(),
+                                     e.tx_hash, e.tx_index, e.log_index, e.address,
+                                     e.event_type, e.args)  # fmt: skip
+    return e._replace(copy_prefix=prefix)
+
+
+@pytest.mark.parametrize("prerendered", [False, True])
 @pytest.mark.parametrize("chunk", [2, 3, 2000])
 def test_event_log_copy_stores_every_value_as_it_is(
-    database_url: str, chunk: int, monkeypatch: pytest.MonkeyPatch
+    database_url: str, chunk: int, prerendered: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The event log's own renderer (``write_batch``), with awkward values in a later chunk
     than the first (so a re-rendered chunk must start at the right event): every column comes
-    back as it went in, plain chunks and escaped ones alike."""
+    back as it went in, plain chunks and escaped ones alike — and the same when the events
+    carry the COPY prefix rendered at decoding (a prefix with a stray tab fails its chunk's
+    check like any plain line)."""
     monkeypatch.setattr(store, "COPY_CHUNK", chunk)
     events = [
         _event(0, "0x" + "22" * 32),
@@ -85,6 +96,9 @@ def test_event_log_copy_stores_every_value_as_it_is(
         _event(3, "tab\there back\\slash \\N", context={"coin": 'quote " and \\ and \n'}),
         _event(4, "0x" + "55" * 32),
     ]
+    if prerendered:
+        events = [_prerendered(e) for e in events]
+        assert all(e.copy_prefix for e in events)
     header = BlockHeader(1, "0x" + "11" * 32, "0x" + "00" * 32, 1_700_000_000)
     batch = store.Batch(head=header, events=events, window=[header])
     batch.applied.update(e.position for e in events[1:])
@@ -93,12 +107,15 @@ def test_event_log_copy_stores_every_value_as_it_is(
             store.init_state(conn, 1, 0)
             store.write_batch(conn, 1, batch, keep_blocks=64, outbox=False)
         back = conn.execute(
-            "SELECT tx_hash, block_time, args, context, applied FROM indexer_events "
+            "SELECT chain_id, block_number, block_hash, block_time, tx_hash, tx_index, "
+            "log_index, address, event_type, args, context, applied FROM indexer_events "
             "ORDER BY log_index"
         ).fetchall()
     assert back == [
-        (e.tx_hash, e.block_time, e.args, e.context, e.position in batch.applied) for e in events
-    ]
+        (1, e.block_number, e.block_hash, e.block_time, e.tx_hash, e.tx_index, e.log_index,
+         e.address, e.event_type, e.args, e.context, e.position in batch.applied)
+        for e in events
+    ]  # fmt: skip
 
 
 def test_share_rows_copy_stores_every_value_as_it_is(database_url: str) -> None:
