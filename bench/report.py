@@ -204,9 +204,9 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
             "",
             "## CPU during the backfill",
             "",
-            f"Over {cpu['window_s']:.2f} s (worker start to end) on {d['machine']['cpus']} "
-            f"CPUs: the indexer process used {_fmt(cpu.get('indexer_s'), 2)} s of CPU during "
-            f"the backfill, its PostgreSQL backend "
+            f"Over {cpu['window_s']:.2f} s (the worker's step loop, first step to caught up) "
+            f"on {d['machine']['cpus']} CPUs: the indexer process used "
+            f"{_fmt(cpu.get('indexer_s'), 2)} s of CPU, its PostgreSQL backend "
             f"{_fmt(cpu.get('postgres_s'), 2)} s, anvil {_fmt(cpu.get('anvil_s'), 2)} s, "
             f"other processes on the machine {_fmt(cpu.get('others_s'), 2)} s "
             f"(machine busy {cpu['busy_pct']:.0f} %).",

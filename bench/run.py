@@ -81,11 +81,6 @@ def _cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _machine_ticks() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return sum(values), values[3] + values[4]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet = args.json
@@ -213,11 +208,12 @@ def _one_backfill(
     """One backfill of the whole chain into the fresh database ``url``, with CPU accounting."""
     seed_backend(url, info)
     say(f"backfill: blocks 0..{config['target_head']} into a fresh database")
-    ticks_before = _machine_ticks()
     anvil_before = _cpu_seconds(anvil_pid)
     backfill = run_backfill({**config, "database_url": url}, postgres_cpu=_cpu_seconds)
-    ticks_after = _machine_ticks()
     anvil_after = _cpu_seconds(anvil_pid)
+    # the machine's ticks over the worker's step loop only (its start-up is not the backfill)
+    total_0, idle_0, total_1, idle_1 = backfill.summary["machine_ticks"]
+    ticks_before, ticks_after = (total_0, idle_0), (total_1, idle_1)
     rate = backfill.events / backfill.elapsed
     say(
         f"backfill: {backfill.events:,} events in {backfill.elapsed:.2f}s = "

@@ -47,6 +47,13 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) CPU ticks of the machine since boot (``/proc/stat``)."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    return sum(values), values[3] + values[4]
+
+
 def main(argv: list[str]) -> int:
     config = orjson.loads(argv[0])
     requests.adapters.HTTPAdapter.send = _counting_send  # type: ignore[method-assign]
@@ -75,6 +82,7 @@ def main(argv: list[str]) -> int:
     )
     sys.stdin.readline()
     cpu_started = sum(os.times()[:2])
+    ticks_started = machine_ticks()
     global _http_requests
     _http_requests = 0
     calls.clear()
@@ -116,6 +124,7 @@ def main(argv: list[str]) -> int:
             "http_requests": _http_requests,
             "vm_hwm_kb": _status_kb("VmHWM"),
             "cpu_step_s": sum(os.times()[:2]) - cpu_started,
+            "machine_ticks": [*ticks_started, *machine_ticks()],
             "rss_kb": _status_kb("VmRSS"),
             "foreign_keys_per_batch": foreign_keys.fast_path_allowed(
                 conn, KEYS_CHECKED_PER_BATCH, foreign_keys.REFERENCED_TABLES
