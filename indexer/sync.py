@@ -250,16 +250,16 @@ def process_logs(
                 reason = str(exc)
             else:
                 number = log.block_number
-                time = times.get(number)
-                if time is None:
+                when = times.get(number)
+                if when is None:
                     block_time = store.block_time(headers[number])
-                    time = times[number] = (block_time, block_time.isoformat())
+                    when = times[number] = (block_time, block_time.isoformat())
                 name = _EVENT_NAMES[event]
-                prefix = store.event_copy_prefix(number, log.block_hash, time[1], log.tx_hash,
+                prefix = store.event_copy_prefix(number, log.block_hash, when[1], log.tx_hash,
                                                  log.tx_index, log.log_index, log.address, name,
                                                  args)  # fmt: skip
                 events.append(
-                    store.EventRow(number, log.block_hash, time[0], log.tx_hash, log.tx_index,
+                    store.EventRow(number, log.block_hash, when[0], log.tx_hash, log.tx_index,
                                    log.log_index, log.address, name, args, None, prefix)
                 )  # fmt: skip
                 if event is EventType.MASTER_REGISTERED:
