@@ -79,7 +79,9 @@ class EventRow(NamedTuple):
     copy_prefix: str | None = None
     """Its columns ``block_number`` … ``args`` as plain COPY text (:func:`event_copy_prefix`),
     rendered where the event was decoded — in a backfill the prefetch thread, while the
-    thread that writes waits on PostgreSQL —; None: rendered when written."""
+    thread that writes waits on PostgreSQL —; None: rendered when written. A copy with
+    another value in one of those columns must set it to None (only ``context``, which is not
+    among them, is ever replaced)."""
 
     @property
     def message_id(self) -> str:

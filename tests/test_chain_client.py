@@ -368,6 +368,8 @@ _OK_1 = b'{"jsonrpc":"2.0","id":1,"result":"0x1"}'
         (b"[" + _OK_1 + b',{"id":2,"error":"oops"}]', "malformed error object"),
         (b"[1," + _OK_1 + b',{"id":2,"result":null}]', None),
         (b'[{"id":2,"result":{"a":[1,2]}},' + _OK_1 + b"]", None),
+        (b"[" + _OK_1 + b',{"id":2,"error":{"code":-32000,"message":"\xff"}}]', "malformed JSON"),
+        (b"[" * 1200 + b"]" * 1200, "malformed JSON"),
     ],
 )
 def test_batch_raw_answers_and_fails_as_batch(
@@ -704,6 +706,13 @@ def test_decode_logs_builds_lowercase_logs_with_int_quantities() -> None:
     assert decode_logs(orjson.dumps(upper)) == logs
     assert decode_logs(msgspec.Raw(orjson.dumps(upper))) == logs
     assert decode_logs(b"[]") == []
+    # capitals written as JSON escapes (\u0041 is "A") are found too
+    escaped = orjson.dumps(lower).replace(b'"0xabab', b'"0x\\u0041\\u0042ab')
+    assert escaped.count(b"\\u0041") == 3
+    assert decode_logs(escaped) == logs
+    # letters that are no hex digit, and non-ASCII capitals, are lowercased as well
+    odd = decode_logs(orjson.dumps([_raw_log(data="0xGG", address="0xÄB" + "ab" * 19)]))[0]
+    assert (odd.data, odd.address) == ("0xgg", "0xäb" + "ab" * 19)
 
 
 @pytest.mark.parametrize(
@@ -716,6 +725,8 @@ def test_decode_logs_builds_lowercase_logs_with_int_quantities() -> None:
         ({"removed": "no"}, "Expected `bool | null`"),
         ({"transactionHash": "0x1234"}, "not 32-byte hashes"),
         ({"blockHash": "0x" + "g1" * 32}, "not 32-byte hashes"),
+        ({"blockNumber": 31}, "Expected `str`, got `int`"),
+        ({"logIndex": "-0x1"}, "negative quantity"),
     ],
 )
 def test_decode_logs_refuses_malformed_logs(
@@ -727,6 +738,18 @@ def test_decode_logs_refuses_malformed_logs(
     source = HttpChainSource([rpc_proxy.url], max_attempts=1)  # its first request id is 1
     rpc_proxy.fail_next(1, status=200, body=b'[{"jsonrpc":"2.0","id":1,"result":%s}]' % body)
     with pytest.raises(TransientRpcError, match="malformed answer") as error:
+        source.fetch([LogFilter(0, 1)], [])
+    assert error.value.outcome == "bad_response"
+    source.close()
+
+
+def test_deeply_nested_log_answer_is_malformed_not_a_crash(rpc_proxy: RpcProxy) -> None:
+    """A log with a field nested past the decoders' depth limit is a malformed answer
+    (retried elsewhere), not an exception that escapes the source."""
+    log = orjson.dumps(_raw_log())[:-1] + b',"extra":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    source = HttpChainSource([rpc_proxy.url], max_attempts=1)  # its first request id is 1
+    rpc_proxy.fail_next(1, status=200, body=b'[{"jsonrpc":"2.0","id":1,"result":[%s]}]' % log)
+    with pytest.raises(TransientRpcError) as error:
         source.fetch([LogFilter(0, 1)], [])
     assert error.value.outcome == "bad_response"
     source.close()

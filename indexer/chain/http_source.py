@@ -60,10 +60,15 @@ log = get_logger("audifi.chain")
 # Conversion of raw answers (hot path: keep it lean)
 
 
-_UPPER_HEX = tuple(bytes([c]) for c in b"ABCDEFX")
-"""Bytes that never occur in a lowercase answer: the keys of a log object hold none of them
-(``blockHash``, ``logIndex``, ``transactionIndex``, …), hex values only when not lowercase
-(``0X``, ``0xAB``)."""
+_NEVER_IN_LOWERCASE = tuple(bytes([c]) for c in b"ABCDEFGJKLMOPQRSUVWXYZ\\")
+"""Bytes that a lowercase answer never holds: the keys of a log object use no capital but H,
+I, N and T (``blockHash``, ``logIndex``, ``transactionIndex``, ``blockNumber``, …); a
+backslash would be a JSON escape (``\\u0041`` is an ``A``), which hex text never needs."""
+
+
+def _maybe_not_lowercase(text: bytes) -> bool:
+    """False only when every text value of the answer is certainly lowercase ASCII."""
+    return not text.isascii() or any(text.find(byte) >= 0 for byte in _NEVER_IN_LOWERCASE)
 
 
 def decode_logs(raw: bytes | msgspec.Raw) -> list[Log]:
@@ -72,12 +77,13 @@ def decode_logs(raw: bytes | msgspec.Raw) -> list[Log]:
     Guarantees: every text field of every log is lowercase; every ``block_hash`` and
     ``tx_hash`` is 32-byte ``0x`` hex (they are stored in NOT NULL columns and compared with
     headers) — anything else raises ``ValueError`` or ``msgspec.ValidationError`` (a malformed
-    answer), never a ``Log``. Cost: one msgspec decode, seven ``bytes.find`` scans of the text
-    (a lowercase answer, the usual case, is not lowercased log by log) and one check per
-    distinct hash (the logs of one transaction share both hashes)."""
+    answer), never a ``Log``. Cost: one msgspec decode, a scan of the text for bytes a
+    lowercase answer never holds (:data:`_NEVER_IN_LOWERCASE`, non-ASCII; the usual answer
+    is then not lowercased log by log) and one check per distinct hash (the logs of one
+    transaction share both hashes)."""
     logs = LOGS_DECODER.decode(raw)
     text = memoryview(raw).tobytes() if isinstance(raw, msgspec.Raw) else raw
-    if any(text.find(byte) >= 0 for byte in _UPPER_HEX):
+    if _maybe_not_lowercase(text):
         logs = [_lowercased(log) for log in logs]
     hashes = {log.block_hash for log in logs}
     hashes.update([log.tx_hash for log in logs])
@@ -123,7 +129,14 @@ def _converted(client: JsonRpcClient, method: str, convert: Callable[[], T]) -> 
     """``convert()``; a conversion failure is the endpoint's malformed answer (transient)."""
     try:
         return convert()
-    except (KeyError, TypeError, ValueError, AttributeError, msgspec.MsgspecError) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+        msgspec.MsgspecError,
+    ) as exc:
         raise TransientRpcError(
             f"malformed answer: {type(exc).__name__}: {exc}",
             outcome="bad_response",

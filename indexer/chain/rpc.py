@@ -193,7 +193,7 @@ class JsonRpcClient:
             return None
         try:
             envelopes = _ENVELOPES.decode(response.content)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, ValueError, RecursionError):  # bad UTF-8, deep nesting
             return None
         return {e.id: (e.result is not msgspec.UNSET, e.result, e.error) for e in envelopes}
 

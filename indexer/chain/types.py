@@ -11,9 +11,10 @@ the bytes of an ``eth_getLogs`` answer in C, fields renamed from the node's came
 unknown fields (``blockTimestamp``, …) skipped — about three times less CPU than parsing the
 answer into dicts and building the objects in Python. Its ``__post_init__`` runs for every
 ``Log``, decoded or built in Python: ``block_number``, ``tx_index`` and ``log_index`` become
-ints (the node's hex quantities are converted; ints given in Python are kept) and ``removed``
-a bool (a null from the node is ``False``). Case and hash shape are the sources' part:
-:func:`indexer.chain.http_source.decode_logs` lowercases and checks whole answers at once.
+ints (the node's hex quantities are converted; ints given in Python are kept; a JSON number
+or a negative value is refused) and ``removed`` a bool (a null from the node is ``False``).
+Case and hash shape are the sources' part: :func:`indexer.chain.http_source.decode_logs`
+lowercases and checks whole answers at once.
 
 ``BlockHeader`` is a named tuple (a range needs only a few).
 """
@@ -64,12 +65,12 @@ class Log(msgspec.Struct, frozen=True, gc=False, rename=_WIRE_NAMES):
         tx_index: int
         log_index: int
         removed: bool = False
-    else:
-        block_number: int | str
+    else:  # the wire's types: quantities are hex text (a JSON number is refused)
+        block_number: str
         block_hash: str
         tx_hash: str
-        tx_index: int | str
-        log_index: int | str
+        tx_index: str
+        log_index: str
         removed: bool | None = False
 
     def __post_init__(self) -> None:
@@ -84,6 +85,8 @@ class Log(msgspec.Struct, frozen=True, gc=False, rename=_WIRE_NAMES):
             force_setattr(self, "log_index", int(log_index, 16))
         if self.removed is None:
             force_setattr(self, "removed", False)
+        if self.block_number < 0 or self.tx_index < 0 or self.log_index < 0:
+            raise ValueError(f"negative quantity in a log: {self!r:.300}")
 
     @property
     def position(self) -> tuple[int, int]:
