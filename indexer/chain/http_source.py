@@ -28,7 +28,7 @@ from __future__ import annotations
 import gc
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,6 +66,10 @@ I, N and T (``blockHash``, ``logIndex``, ``transactionIndex``, ``blockNumber``, 
 backslash would be a JSON escape (``\\u0041`` is an ``A``), which hex text never needs."""
 
 
+def _malformed_hashes(values: Iterable[str]) -> ValueError:
+    return ValueError(f"not 32-byte hashes: {sorted(values)!r:.200}")
+
+
 def _maybe_not_lowercase(text: bytes) -> bool:
     """False only when every text value of the answer is certainly lowercase ASCII."""
     return not text.isascii() or any(text.find(byte) >= 0 for byte in _NEVER_IN_LOWERCASE)
@@ -89,7 +93,7 @@ def decode_logs(raw: bytes | msgspec.Raw) -> list[Log]:
     hashes.update([log.tx_hash for log in logs])
     bad = [value for value in hashes if not is_hash(value)]
     if bad:
-        raise ValueError(f"not 32-byte hashes: {sorted(bad)!r:.200}")
+        raise _malformed_hashes(bad)
     return logs
 
 
@@ -121,7 +125,7 @@ def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
         return None
     block_hash, parent_hash = raw["hash"].lower(), raw["parentHash"].lower()
     if not (is_hash(block_hash) and is_hash(parent_hash)):
-        raise ValueError(f"not 32-byte hashes: {(block_hash, parent_hash)!r:.200}")
+        raise _malformed_hashes((block_hash, parent_hash))
     return BlockHeader(int(raw["number"], 16), block_hash, parent_hash, int(raw["timestamp"], 16))
 
 
