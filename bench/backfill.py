@@ -128,8 +128,8 @@ def run_backfill(
         pid = _python_pid(process.pid) if profile_to is not None else process.pid
         sampler = RssSampler(pid)
         sampler.start()
-        backend = ready.get("backend_pid")
-        pg_before = postgres_cpu(backend) if postgres_cpu else None
+        backends = ready.get("backend_pids") or [ready.get("backend_pid")]
+        pg_before = _backends_cpu(postgres_cpu, backends)
         process.stdin.write("go\n")
         process.stdin.flush()
         steps: list[dict[str, Any]] = []
@@ -142,7 +142,7 @@ def run_backfill(
                 raise RuntimeError(f"backfill failed: {record['error']}")
             if record.get("done"):
                 summary = record
-                pg_after = postgres_cpu(backend) if postgres_cpu else None
+                pg_after = _backends_cpu(postgres_cpu, backends)
                 break
             steps.append(record)
         sampler.stop()
@@ -168,6 +168,16 @@ def run_backfill(
         profile=str(profile_to) if profile_to else None,
         extra=extra,
     )
+
+
+def _backends_cpu(
+    postgres_cpu: Callable[[int | None], float | None] | None, pids: list[int | None]
+) -> float | None:
+    """CPU seconds of the worker's PostgreSQL backends (the writer's and the reader's)."""
+    if postgres_cpu is None:
+        return None
+    seconds = [postgres_cpu(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
 
 
 def _next_record(stream: Any) -> dict[str, Any]:

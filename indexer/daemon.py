@@ -22,6 +22,7 @@ Loop contract (:meth:`Daemon.run`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import signal
 import threading
@@ -332,7 +333,14 @@ class Daemon:
             return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
         self._log_key_checks(conn)
-        syncer = Syncer(self.source, conn, chain_id, trust_from(settings), options_from(settings))
+        syncer = Syncer(
+            self.source,
+            conn,
+            chain_id,
+            trust_from(settings),
+            options_from(settings),
+            reader=functools.partial(connect, self.database_url),
+        )
         backoff = Backoff()
         try:
             while not self.stop_event.is_set():
@@ -367,7 +375,7 @@ class Daemon:
                     self._upkeep.run_due()
                 self._wait(settings.poll_interval)
         finally:
-            syncer.conn.close()
+            syncer.close()
         log.info("stopped", chain_id=chain_id, indexed_block=self.status.indexed_block)
         return 0
 

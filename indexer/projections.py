@@ -133,6 +133,8 @@ class _Pass:
     dividends: list[tuple[Any, ...]] = field(default_factory=list)
     applied: list[tuple[int, int]] = field(default_factory=list)
     wallets: set[str] = field(default_factory=set)
+    registered: list[tuple[_AnyEvent, str]] = field(default_factory=list)
+    """``MasterRegistered`` events applied, with their master, in chain order."""
     effects: dict[tuple[int, int], dict[str, str]] | None = None
     """What each applied event did to the AudiFi tables (for the Redis message's ``data``);
     None: not wanted (no outbox)."""
@@ -150,12 +152,15 @@ class AudifiProjector(Projector):
         """Fingerprint of the users' wallets at the last re-link (None: unknown)."""
         self._written: set[tuple[str, int]] | None = set()
         """Shares written since the last re-link (None: too many to list)."""
+        self._nothing_pending = False
+        """The last pass left no event pending (False: it did, or that is unknown)."""
 
     def forget(self) -> None:
         """Drop caches (after a rollback or a failed transaction)."""
         self._mint_counts.clear()
         self._users_seen = None
         self._written = set()
+        self._nothing_pending = False
 
     # -- chain reads before the transaction ------------------------------------------------
     def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
@@ -174,26 +179,69 @@ class AudifiProjector(Projector):
         try:
             pending = _load_pending(conn, chain_id)
             contracts = store.load_registrations(conn, chain_id)
-            contracts.update((r.address, r) for r in batch.registrations)
-            new: list[_AnyEvent] = list(batch.events)
-            applied = self._apply_events(
-                conn, chain_id, [*pending, *new], contracts, effects=batch.effects is not None
-            )
+            work = self._plan(conn, chain_id, batch, pending, contracts)
+            _write_pass(conn, chain_id, work)
         except BaseException:
             self.forget()
             raise
-        if not pending:  # the usual case
-            batch.applied.update(applied.applied)
-            if batch.effects is not None and applied.effects:
-                batch.effects.update(applied.effects)
-            return
+        if pending:
+            pending_positions = {e.position for e in pending}
+            _mark_applied(conn, chain_id, [p for p in work.applied if p in pending_positions])
+
+    def plan_ahead(
+        self,
+        reader: store.Conn,
+        chain_id: int,
+        batch: store.Batch,
+        registrations: dict[str, store.Registration],
+    ) -> Callable[[store.Conn], None] | None:
+        """The pass of ``batch`` computed now, on ``reader``, while the previous batch is still
+        being written; returns its write (run later in the batch's own transaction), or None
+        when the batch must be applied the usual way.
+
+        Valid only because of what the pass reads: backend rows (``masters`` ids, tiers) that
+        the previous batch does not write, mint counts that the cache holds for every master
+        the previous batch minted, and pending events — so it declines unless the previous
+        pass left nothing pending (then neither committed nor in-flight batches hold a pending
+        event) and the batch has no coin event (it needs :meth:`enrich`, and is applied in
+        place, reading ``artist_coins``).
+        ``registrations``: every registration up to this batch, in-flight ones included.
+        The caller discards the result, and calls :meth:`forget`, when it does not write it.
+        """
+        if not self._nothing_pending or any(e.event_type == _COIN for e in batch.events):
+            return None
+        try:
+            contracts = dict(registrations)
+            work = self._plan(reader, chain_id, batch, [], contracts)
+        except BaseException:
+            self.forget()
+            raise
+        return lambda conn: _write_pass(conn, chain_id, work)
+
+    def _plan(
+        self,
+        conn: store.Conn,
+        chain_id: int,
+        batch: store.Batch,
+        pending: list[_Event],
+        contracts: dict[str, store.Registration],
+    ) -> _Pass:
+        """The pass over ``pending`` then ``batch.events`` (reads on ``conn``; coins are applied
+        in place): fills ``batch.applied`` / ``batch.effects`` with the batch's own events."""
+        contracts.update((r.address, r) for r in batch.registrations)
+        new: list[_AnyEvent] = list(batch.events)
+        work = self._pass(
+            conn, chain_id, [*pending, *new], contracts, effects=batch.effects is not None
+        )
         pending_positions = {e.position for e in pending}
-        _mark_applied(conn, chain_id, [p for p in applied.applied if p in pending_positions])
-        batch.applied.update(p for p in applied.applied if p not in pending_positions)
-        if batch.effects is not None and applied.effects:
+        own = [p for p in work.applied if p not in pending_positions]
+        batch.applied.update(own)
+        if batch.effects is not None and work.effects:
             batch.effects.update(
-                (p, effect) for p, effect in applied.effects.items() if p not in pending_positions
+                (p, effect) for p, effect in work.effects.items() if p not in pending_positions
             )
+        self._nothing_pending = len(work.applied) == len(pending) + len(batch.events)
+        return work
 
     def reconcile(self, conn: store.Conn, chain_id: int) -> int:
         try:
@@ -201,7 +249,9 @@ class AudifiProjector(Projector):
             applied: list[tuple[int, int]] = []
             if pending:
                 contracts = store.load_registrations(conn, chain_id)
-                applied = self._apply_events(conn, chain_id, pending, contracts).applied
+                work = self._pass(conn, chain_id, pending, contracts)
+                _write_pass(conn, chain_id, work)
+                applied = work.applied
                 _mark_applied(conn, chain_id, applied)
             self._relink(conn)
         except BaseException:
@@ -229,7 +279,7 @@ class AudifiProjector(Projector):
             if len(self._written) > _MAX_NOTED_SHARES:
                 self._written = None  # the next re-link covers every share
 
-    def _apply_events(
+    def _pass(
         self,
         conn: store.Conn,
         chain_id: int,
@@ -238,8 +288,9 @@ class AudifiProjector(Projector):
         *,
         effects: bool = False,
     ) -> _Pass:
-        """Apply ``events`` (chain order) whose rows exist; return the pass (its ``applied``
-        positions and, when ``effects``, what each did)."""
+        """The pass over ``events`` (chain order): which apply (their rows exist) and the rows
+        they give (written by :func:`_write_pass`), and, when ``effects``, what each did.
+        Reads on ``conn``; writes only for coin events (applied in place)."""
         if not events:
             return _Pass()
         master_of_contract = {a: str(r.master_id) for a, r in contracts.items()}
@@ -269,11 +320,7 @@ class AudifiProjector(Projector):
             if kind == _TRANSFER:
                 self._transfer(conn, event, master, work, tiers)
             elif kind == _REGISTERED:
-                _snapshot(conn, chain_id, event, "masters", uuid.UUID(master))
-                conn.execute(
-                    "UPDATE masters SET contract_address = %s WHERE id = %s",
-                    (event.args["contractAddress"], uuid.UUID(master)),
-                )
+                work.registered.append((event, master))
                 if work.effects is not None:
                     work.effects[event.position] = {
                         "master_id": master,
@@ -290,7 +337,6 @@ class AudifiProjector(Projector):
                         "amount_wei": str(event.args["amount"]),
                     }
             work.applied.append((event.block_number, event.log_index))
-        _write_rows(conn, work)
         self._note_written(work.shares)
         return work
 
@@ -533,9 +579,17 @@ _SHARE_TEMP_TABLES = (
 )
 
 
-def _write_rows(conn: store.Conn, work: _Pass) -> None:
-    """Write the pass's shares and dividends, their foreign keys (to ``masters``, ``users``)
-    checked once for the pass (:mod:`indexer.foreign_keys`)."""
+def _write_pass(conn: store.Conn, chain_id: int, work: _Pass) -> None:
+    """Write what a pass gives: registered contract addresses (each after its before-image),
+    then shares and dividends, their foreign keys (to ``masters``, ``users``) checked once for
+    the pass (:mod:`indexer.foreign_keys`). Touches no projector state (it may run in
+    another thread than the pass)."""
+    for event, master in work.registered:
+        _snapshot(conn, chain_id, event, "masters", uuid.UUID(master))
+        conn.execute(
+            "UPDATE masters SET contract_address = %s WHERE id = %s",
+            (event.args["contractAddress"], uuid.UUID(master)),
+        )
     if not work.shares and not work.dividends:
         return
     users = _user_ids(conn, work.wallets) if work.shares else {}

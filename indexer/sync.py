@@ -35,6 +35,15 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   would do (same first block, same filters and registrations, within the final blocks), still
   checks the link to the stored head, and redoes the work itself when the prefetch failed.
   The prefetch never writes.
+* **Planned ahead, written in order.** With a reader connection (the daemon's), a backfill
+  batch's transaction runs in a writer thread (:class:`_Writer`) while the engine waits for the
+  next range's prefetch and has the projector compute that batch's pass on the reader
+  (:meth:`Projector.plan_ahead`): PostgreSQL writes batch N while Python works out N+1. The
+  step still returns only after its own commit, batches still commit one by one in chain
+  order, each in one transaction with its cursor; the plan is used only by the next step and
+  only for exactly the prefetched range it was made for, else dropped with the projector's
+  caches; a failed write drops it too. The projector declines whatever its reads could get
+  wrong without seeing the uncommitted batch (pending events, coins).
 """
 
 from __future__ import annotations
@@ -42,12 +51,13 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import enum
+import functools
 import itertools
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,6 +133,8 @@ class StepResult:
     reason: str = ""
     db_seconds: float = 0.0
     """Wall time of the step's write transaction (batch or rollback), commit included."""
+    planned_ahead: bool = False
+    """The batch's projections were computed while the previous batch was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +194,21 @@ class Projector:
         """Apply ``batch`` (before it is written): record applied positions in
         ``batch.applied``; the others are stored as pending."""
         batch.applied.update((e.block_number, e.log_index) for e in batch.events)
+
+    def plan_ahead(
+        self,
+        reader: store.Conn,
+        chain_id: int,
+        batch: store.Batch,
+        registrations: dict[str, store.Registration],
+    ) -> Callable[[store.Conn], None] | None:
+        """Do the reads and computation of :meth:`apply` for ``batch`` now, on ``reader``,
+        while the previous batch is still being written (uncommitted: ``reader`` does not see
+        it; ``registrations`` includes its registrations); return the write, which the engine
+        runs in the batch's own transaction, or None: apply it the usual way. ``batch.events``
+        are not enriched (:meth:`enrich` has not run): decline a batch that needs it. The
+        engine calls :meth:`forget` when it drops a plan unwritten. This base class declines."""
+        return None
 
     def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:
         """Undo everything above block ``ancestor`` (called before the event log loses it)."""
@@ -503,6 +530,43 @@ class _Prefetch:
         return self.result
 
 
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """The next batch, its pass computed while the previous batch was written: usable only
+    by the step that commits exactly ``processed`` (the same prefetched range)."""
+
+    processed: _Processed
+    batch: store.Batch
+    write: Callable[[store.Conn], None]
+
+
+class _Writer:
+    """One batch's write transaction, run in a thread while the engine plans the next batch
+    (the engine touches neither the connection nor the batch until :meth:`join`)."""
+
+    def __init__(self, transaction: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(transaction,), name="audifi-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, transaction: Callable[[], None]) -> None:
+        try:
+            transaction()
+        except BaseException as exc:  # re-raised by join(), in the engine's thread
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def join(self) -> None:
+        """Wait for the transaction (committed, or rolled back and its error raised here)."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+
+
 # ---------------------------------------------------------------------------- the engine
 class Syncer:
     """Follows one chain into one database. Not thread-safe; one instance per process.
@@ -519,6 +583,7 @@ class Syncer:
         trust: Trust,
         options: SyncOptions,
         projector: Projector | None = None,
+        reader: Callable[[], store.Conn] | None = None,
     ) -> None:
         self.source = source
         self.conn = conn
@@ -538,6 +603,14 @@ class Syncer:
         self._prefetch: _Prefetch | None = None
         self._prefetch_source: ChainSource | None = None
         self._prefetch_thread: threading.Thread | None = None
+        self._reader = reader
+        """Opens the connection on which the next batch's pass is read ahead (None: never)."""
+        self._reader_conn: store.Conn | None = None
+        self._ahead: _Ahead | None = None
+        """The next batch's pass, computed while this step's batch was written."""
+        self._ahead_offer: _Ahead | None = None
+        """The plan made by the previous step, for this step to use or drop."""
+        self._writer: _Writer | None = None
         can_prefetch = options.prefetch and hasattr(source, "clone")
         if can_prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
             sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)  # for the process's lifetime
@@ -557,7 +630,22 @@ class Syncer:
         """Drop in-memory caches (after a rollback, a failed write, or a reconnect)."""
         self._registrations = None
         self._prefetch = None
+        self._ahead = self._ahead_offer = None
         self.projector.forget()
+        self._close_reader()
+
+    def close(self) -> None:
+        """Close the engine's connections (the caller stops using it), after a write still
+        running in :class:`_Writer` (a step interrupted while waiting for it) has ended."""
+        if self._writer is not None:
+            self._writer.wait()
+        self._close_reader()
+        self.conn.close()
+
+    def _close_reader(self) -> None:
+        reader, self._reader_conn = self._reader_conn, None
+        if reader is not None:
+            reader.close()
 
     # -- the step ----------------------------------------------------------------------
     def step(self) -> StepResult:
@@ -570,8 +658,14 @@ class Syncer:
         thousands of short-lived objects without cycles, which the collector would otherwise
         scan again and again (measured: ~8 % of a backfill); it runs between steps.
         """
-        with gc_paused():
-            return self._step()
+        self._ahead_offer, self._ahead = self._ahead, None
+        try:
+            with gc_paused():
+                return self._step()
+        finally:
+            if self._ahead_offer is not None:  # planned ahead for a batch this step did not write
+                self._ahead_offer = None
+                self.projector.forget()  # its pass advanced the projector's caches
 
     def _step(self) -> StepResult:
         state = store.load_state(self.conn, self.chain_id) or self.ensure_state()
@@ -762,32 +856,36 @@ class Syncer:
         """Check, decode (unless ``processed`` was prepared ahead) and commit one range.
         ``bound``: the last final block (backfill only): the next range is then prepared in
         the background while this one is written."""
+        ahead, self._ahead_offer = self._ahead_offer, None
+        if ahead is not None and ahead.processed is not processed:
+            self.projector.forget()  # planned for other work: its pass advanced the caches
+            ahead = None
         if processed is None:
             check_logs(logs, first, last, headers)
             logs = self._extra_logs(logs, last, headers)
             processed = process_logs(logs, headers, self.trust, self._known_registrations())
+        following: dict[str, store.Registration] = {}
         if bound is not None:
             self._adapt_range(last - first + 1, len(logs))
-            following = dict(self._known_registrations())
+            following.update(self._known_registrations())
             following.update((r.address, r) for r in processed.registrations)
             self._start_prefetch(last + 1, bound, following)
-        events = self.projector.enrich(self.source, processed.events)
+        window = [h for h in window if h.number > head - self.options.finality_depth - 1]
+        write: Callable[[store.Conn], None]
+        if ahead is None:
+            events = self.projector.enrich(self.source, processed.events)
+            batch = self._batch(headers[last], processed, events)
+            batch.window = window
+            write = functools.partial(self.projector.apply, chain_id=self.chain_id, batch=batch)
+        else:
+            batch, write = ahead.batch, ahead.write
+            batch.window = window
         failpoints.hit("after_fetch")
-        batch = store.Batch(
-            head=headers[last],
-            events=events,
-            dead_letters=processed.dead_letters,
-            registrations=processed.registrations,
-            window=[h for h in window if h.number > head - self.options.finality_depth - 1],
-            ignored=processed.ignored,
-            other=processed.other,
-            effects={} if self.options.outbox else None,
-        )
-        writing = time.perf_counter()
-        try:
+
+        def transaction() -> None:
             with self.conn.transaction():
                 self._recheck_cursor(state)
-                self.projector.apply(self.conn, self.chain_id, batch)
+                write(self.conn)
                 failpoints.hit("mid_write")
                 store.write_batch(
                     self.conn,
@@ -797,6 +895,17 @@ class Syncer:
                     outbox=self.options.outbox,
                 )
                 failpoints.hit("before_commit")
+
+        writing = time.perf_counter()
+        try:
+            if bound is not None and self._prefetch is not None and self._reader is not None:
+                writer = self._writer = _Writer(transaction)
+                try:
+                    self._ahead = self._plan_next(self._prefetch, following)
+                finally:
+                    writer.join()
+            else:
+                transaction()
         except BaseException:
             self.forget_cache()
             raise
@@ -818,7 +927,48 @@ class Syncer:
             registrations=len(processed.registrations),
             event_counts=counts,
             db_seconds=db_seconds,
+            planned_ahead=ahead is not None,
         )
+
+    def _batch(
+        self, head: BlockHeader, processed: _Processed, events: list[store.EventRow]
+    ) -> store.Batch:
+        return store.Batch(
+            head=head,
+            events=events,
+            dead_letters=processed.dead_letters,
+            registrations=processed.registrations,
+            ignored=processed.ignored,
+            other=processed.other,
+            effects={} if self.options.outbox else None,
+        )
+
+    def _plan_next(
+        self, job: _Prefetch, registrations: dict[str, store.Registration]
+    ) -> _Ahead | None:
+        """While this step's batch is written (in :class:`_Writer`): wait for the next range's
+        prefetch and, when it holds exactly the registrations the next step will know, have
+        the projector compute its pass on the reader connection (:meth:`Projector.plan_ahead`;
+        the events are not enriched: a projector that needs it declines).
+        Never touches ``self.conn``. Any failure only drops the plan: the next step then does
+        the work itself and meets the error the usual way."""
+        prepared = job.wait()
+        if prepared is None or prepared.registrations != registrations:
+            return None
+        processed = prepared.processed
+        try:
+            batch = self._batch(prepared.headers[prepared.last], processed, processed.events)
+            if self._reader_conn is None or self._reader_conn.closed:
+                assert self._reader is not None
+                self._reader_conn = self._reader()
+            write = self.projector.plan_ahead(
+                self._reader_conn, self.chain_id, batch, registrations
+            )
+        except Exception:
+            self.projector.forget()
+            self._close_reader()
+            return None
+        return None if write is None else _Ahead(processed, batch, write)
 
     def _recheck_cursor(self, planned: store.CursorState) -> None:
         current = store.lock_state(self.conn, self.chain_id)
