@@ -157,7 +157,9 @@ def run_backfill(
     rss = [(t - offset, mb) for t, mb in sampler.samples]
     extra: dict[str, Any] = {}
     if pg_before is not None and pg_after is not None:
-        extra["postgres_cpu_s"] = pg_after - pg_before
+        extra["postgres_writer_cpu_s"] = pg_after[0] - pg_before[0]
+        if summary.get("reader_pids", backends[1:]) == backends[1:]:  # no reader reopened
+            extra["postgres_cpu_s"] = sum(pg_after) - sum(pg_before)
     return BackfillResult(
         elapsed=summary["elapsed"],
         events=summary["events"],
@@ -172,12 +174,13 @@ def run_backfill(
 
 def _backends_cpu(
     postgres_cpu: Callable[[int | None], float | None] | None, pids: list[int | None]
-) -> float | None:
-    """CPU seconds of the worker's PostgreSQL backends (the writer's and the reader's)."""
+) -> list[float] | None:
+    """CPU seconds of each of the worker's PostgreSQL backends (the writer's first, then the
+    reader's); None when one is not readable."""
     if postgres_cpu is None:
         return None
     seconds = [postgres_cpu(pid) for pid in pids]
-    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)
+    return None if any(s is None for s in seconds) else [s for s in seconds if s is not None]
 
 
 def _next_record(stream: Any) -> dict[str, Any]:

@@ -206,13 +206,16 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
             "",
             f"Over {cpu['window_s']:.2f} s (the worker's step loop, first step to caught up) "
             f"on {d['machine']['cpus']} CPUs: the indexer process used "
-            f"{_fmt(cpu.get('indexer_s'), 2)} s of CPU, its PostgreSQL backend "
-            f"{_fmt(cpu.get('postgres_s'), 2)} s, anvil {_fmt(cpu.get('anvil_s'), 2)} s, "
+            f"{_fmt(cpu.get('indexer_s'), 2)} s of CPU, its PostgreSQL backends "
+            f"{_fmt(cpu.get('postgres_s'), 2)} s (the writer's "
+            f"{_fmt(cpu.get('postgres_writer_s'), 2)} s, the rest reads for batches planned "
+            "ahead), anvil {_fmt(cpu.get('anvil_s'), 2)} s, "
             f"other processes on the machine {_fmt(cpu.get('others_s'), 2)} s "
             f"(machine busy {cpu['busy_pct']:.0f} %).",
             "",
             "PostgreSQL executes the writes of a batch on one backend, one core: at "
-            f"{_fmt(cpu.get('postgres_s'), 2)} s of its CPU for {r['events']:,} events it alone "
+            f"{_fmt(cpu.get('postgres_writer_s'), 2)} s of its CPU for {r['events']:,} events "
+            "it alone "
             f"allows at most {_fmt(d['backfill'].get('postgres_bound_events_per_s'))} events/s, "
             "whatever the indexer and the node do.",
         ]

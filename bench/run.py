@@ -243,6 +243,7 @@ def _cpu(
     busy = (total - idle) / ticks
     indexer = backfill.summary.get("cpu_step_s")
     postgres = backfill.extra.get("postgres_cpu_s")
+    writer = backfill.extra.get("postgres_writer_cpu_s")
     anvil = None if anvil_before is None or anvil_after is None else anvil_after - anvil_before
     ours = sum(v for v in (indexer, postgres, anvil) if v is not None)
     return {
@@ -250,6 +251,7 @@ def _cpu(
         "busy_pct": 100 * (total - idle) / total if total else 0.0,
         "indexer_s": indexer,
         "postgres_s": postgres,
+        "postgres_writer_s": writer,
         "anvil_s": anvil,
         "others_s": max(0.0, busy - ours),
     }
@@ -348,8 +350,8 @@ def _result(
             "build_seconds": info.build_seconds,
         },
         "backfill": {
-            "postgres_bound_events_per_s": round(events / cpu["postgres_s"])
-            if cpu.get("postgres_s")
+            "postgres_bound_events_per_s": round(events / cpu["postgres_writer_s"])
+            if cpu.get("postgres_writer_s")
             else None,
             "runs_events_per_s": run_rates,
             "seconds": round(backfill.elapsed, 3),

@@ -73,11 +73,15 @@ def main(argv: list[str]) -> int:
     # The daemon's reader opens on first use; here it is opened before the clock starts, so
     # its backend's CPU is counted with the writer's.
     readers = [connect(config["database_url"])]
+    reader_pids = [readers[0].info.backend_pid]
 
     def reader() -> Any:
-        return readers.pop() if readers else connect(config["database_url"])
+        if readers:
+            return readers.pop()
+        opened = connect(config["database_url"])  # a reopened reader: its CPU is not counted
+        reader_pids.append(opened.info.backend_pid)
+        return opened
 
-    reader_pid = readers[0].info.backend_pid
     syncer = Syncer(
         source, conn, source.chain_id(), trust, options, AudifiProjector(), reader=reader
     )
@@ -87,7 +91,7 @@ def main(argv: list[str]) -> int:
             "ready": True,
             "pid": os.getpid(),
             "backend_pid": conn.info.backend_pid,
-            "backend_pids": [conn.info.backend_pid, reader_pid],
+            "backend_pids": [conn.info.backend_pid, reader_pids[0]],
             "rss_kb": _status_kb("VmRSS"),
         }
     )
@@ -137,6 +141,7 @@ def main(argv: list[str]) -> int:
             "cpu_step_s": sum(os.times()[:2]) - cpu_started,
             "machine_ticks": [*ticks_started, *machine_ticks()],
             "rss_kb": _status_kb("VmRSS"),
+            "reader_pids": reader_pids,
             "foreign_keys_per_batch": foreign_keys.fast_path_allowed(
                 conn, KEYS_CHECKED_PER_BATCH, foreign_keys.REFERENCED_TABLES
             ),

@@ -52,6 +52,9 @@ from indexer.upkeep import Upkeep
 log = get_logger("audifi.daemon")
 
 WAIT_SLICE = 0.2
+READER_CONNECT_TIMEOUT = 10
+"""Seconds the engine's reader connection (backfill batches planned ahead) may take to open;
+a failure only costs that batch's plan."""
 
 
 class StartupError(IndexerError):
@@ -339,7 +342,9 @@ class Daemon:
             chain_id,
             trust_from(settings),
             options_from(settings),
-            reader=functools.partial(connect, self.database_url),
+            reader=functools.partial(
+                connect, self.database_url, connect_timeout=READER_CONNECT_TIMEOUT
+            ),
         )
         backoff = Backoff()
         try:
@@ -349,6 +354,7 @@ class Daemon:
                     log.error("leadership_lost", chain_id=chain_id)
                     self._set_leader(False)
                     syncer.conn.close()
+                    syncer.forget_cache()  # and its reader connection, while on standby
                     if not self._acquire_leadership(chain_id):
                         break
                     syncer.conn = self._connect()

@@ -103,6 +103,14 @@ answer could wait up to that long for the GIL (measured: the statements of a 100
 backfill 2.1 → 1.9 s, backfill +3 to +8 %)."""
 
 
+PLAN_AHEAD_WAIT = 1.0
+"""Seconds a step whose batch is committed still waits for the next range's prefetch, to plan
+that batch ahead (see :meth:`Syncer._plan_next`); a slower node costs the plan, not the
+step's return (the daemon's shutdown, health beat and leadership check run between steps)."""
+PLAN_AHEAD_POLL = 0.002
+"""Seconds between checks of the write while waiting for the prefetch."""
+
+
 class Outcome(enum.Enum):
     PROGRESSED = "progressed"
     """A batch was committed; more may be waiting: step again at once."""
@@ -557,6 +565,10 @@ class _Writer:
         except BaseException as exc:  # re-raised by join(), in the engine's thread
             self._error = exc
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def wait(self) -> None:
         self._thread.join()
 
@@ -881,27 +893,40 @@ class Syncer:
             batch, write = ahead.batch, ahead.write
             batch.window = window
         failpoints.hit("after_fetch")
+        # Set once the projector's part of the write is done: at once for a plan (its write
+        # touches no projector state), else after Projector.apply ran in the transaction. No
+        # other use of the projector may overlap it.
+        projected = threading.Event()
+        if ahead is not None:
+            projected.set()
+        db_seconds = 0.0
 
         def transaction() -> None:
-            with self.conn.transaction():
-                self._recheck_cursor(state)
-                write(self.conn)
-                failpoints.hit("mid_write")
-                store.write_batch(
-                    self.conn,
-                    self.chain_id,
-                    batch,
-                    keep_blocks=self.options.finality_depth,
-                    outbox=self.options.outbox,
-                )
-                failpoints.hit("before_commit")
+            nonlocal db_seconds
+            started = time.perf_counter()
+            try:
+                with self.conn.transaction():
+                    self._recheck_cursor(state)
+                    write(self.conn)
+                    projected.set()
+                    failpoints.hit("mid_write")
+                    store.write_batch(
+                        self.conn,
+                        self.chain_id,
+                        batch,
+                        keep_blocks=self.options.finality_depth,
+                        outbox=self.options.outbox,
+                    )
+                    failpoints.hit("before_commit")
+            finally:
+                projected.set()
+                db_seconds = time.perf_counter() - started
 
-        writing = time.perf_counter()
         try:
             if bound is not None and self._prefetch is not None and self._reader is not None:
                 writer = self._writer = _Writer(transaction)
                 try:
-                    self._ahead = self._plan_next(self._prefetch, following)
+                    self._ahead = self._plan_next(self._prefetch, following, writer, projected)
                 finally:
                     writer.join()
             else:
@@ -909,7 +934,6 @@ class Syncer:
         except BaseException:
             self.forget_cache()
             raise
-        db_seconds = time.perf_counter() - writing
         failpoints.hit("after_commit")
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
@@ -944,16 +968,30 @@ class Syncer:
         )
 
     def _plan_next(
-        self, job: _Prefetch, registrations: dict[str, store.Registration]
+        self,
+        job: _Prefetch,
+        registrations: dict[str, store.Registration],
+        writer: _Writer,
+        projected: threading.Event,
     ) -> _Ahead | None:
-        """While this step's batch is written (in :class:`_Writer`): wait for the next range's
-        prefetch and, when it holds exactly the registrations the next step will know, have
-        the projector compute its pass on the reader connection (:meth:`Projector.plan_ahead`;
-        the events are not enriched: a projector that needs it declines).
-        Never touches ``self.conn``. Any failure only drops the plan: the next step then does
-        the work itself and meets the error the usual way."""
+        """While this step's batch is written (in ``writer``): wait for the next range's
+        prefetch (``job``, started with ``registrations``: every registration up to it) —
+        at most :data:`PLAN_AHEAD_WAIT` past the end of the write —, then for ``projected``
+        (the projector's part of the write; a pass never overlaps another), and have the
+        projector compute that range's pass on the reader connection
+        (:meth:`Projector.plan_ahead`; the events are not enriched: a projector that needs
+        it declines). Never touches ``self.conn``. Any failure only drops the plan: the next
+        step then does the work itself and meets the error the usual way."""
+        written_at: float | None = None
+        while job.thread.is_alive():
+            job.thread.join(PLAN_AHEAD_POLL)
+            if written_at is None and not writer.running:
+                written_at = time.monotonic()
+            if written_at is not None and time.monotonic() - written_at > PLAN_AHEAD_WAIT:
+                return None  # a slow node: do not hold the committed step back for it
         prepared = job.wait()
-        if prepared is None or prepared.registrations != registrations:
+        projected.wait()
+        if prepared is None:
             return None
         processed = prepared.processed
         try:
@@ -1044,11 +1082,14 @@ class CursorMovedError(Exception):
     """The cursor changed between planning and committing a step; retry the step."""
 
 
-def connect(url: str) -> psycopg.Connection[Any]:
-    """An autocommit psycopg connection for the engine (explicit transactions per step)."""
+def connect(url: str, **options: Any) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection for the engine (explicit transactions per step);
+    ``options``: libpq parameters that override the URL's (``connect_timeout=…``)."""
     from indexer.db import libpq_url
 
-    return psycopg.connect(libpq_url(url), autocommit=True, application_name="audifi-indexer")
+    return psycopg.connect(
+        libpq_url(url), autocommit=True, application_name="audifi-indexer", **options
+    )
 
 
 __all__ = [

@@ -576,3 +576,37 @@ def test_failed_write_drops_the_batch_planned_ahead(
         "tables": domain_tables(h.conn, coin_ids=False),
         "events": [tuple(r) for r in store.event_log(h.conn, h.chain_id)],
     }
+
+
+@pytest.mark.slow
+def test_batch_applied_in_its_write_is_not_overlapped_by_the_next_plan(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """A batch with a coin cannot be planned ahead, so its pass runs inside its write — in the
+    writer thread, while the engine plans the next batch, which mints the same master: the
+    plan must wait for that pass (both advance the master's mint count; overlapping, they
+    gave mints each other's ordinals: wrong tiers). Tiers of 4 split the batches' mints."""
+    h = make_harness(finality_depth=4, max_block_range=2)
+    artist = add_user(h)
+    alice = h.node.accounts[1]
+    add_user(h, wallet=alice)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(4, 4, 4, "10", "5", "3", "1"))
+    receipt = send_tx(h.w3, h.contracts.registry.functions.deployMaster(master_id.bytes, "M", "M"))
+    event = h.contracts.registry.events.MasterRegistered().process_receipt(receipt, errors=DISCARD)
+    shares = h.contracts.shares(event[0]["args"]["contractAddress"])
+    token = 1
+    for _ in range(8):
+        for _ in range(3):
+            send_tx(h.w3, shares.functions.mint(alice, token))
+            token += 1
+        coin_artist = add_user(h)
+        send_tx(h.w3, h.contracts.factory.functions.deployCoin(coin_artist.bytes, "C", "C", 1))
+    results = h.sync()
+    assert any(r.planned_ahead for r in results)
+    tiers = h.conn.execute(
+        "SELECT tier FROM nft_shares WHERE master_id = %s ORDER BY token_id", (master_id,)
+    ).fetchall()
+    assert [t for (t,) in tiers] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 12
+    expected = _fresh_serial_index(h, pg_template)
+    assert domain_tables(h.conn, coin_ids=False) == expected["tables"]
