@@ -143,6 +143,8 @@ def run_backfill(
             if record.get("done"):
                 summary = record
                 pg_after = _backends_cpu(postgres_cpu, backends)
+                process.stdin.write("done\n")
+                process.stdin.flush()
                 break
             steps.append(record)
         sampler.stop()

@@ -147,7 +147,8 @@ def main(argv: list[str]) -> int:
             ),
         }
     )
-    conn.close()
+    sys.stdin.readline()  # the parent has read the backends' CPU: they may end now
+    syncer.close()
     source.close()
     return 0
 
