@@ -103,7 +103,10 @@ def run_backfill(
     ]
     if profile_to is not None:
         py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        # BENCH_PROFILE_IDLE=0: leave out samples of threads waiting (on PostgreSQL, a socket,
+        # a lock); BENCH_PROFILE_GIL=1: only samples of the thread holding the GIL.
         idle = ["--idle"] if os.environ.get("BENCH_PROFILE_IDLE", "1") == "1" else []
+        idle += ["--gil"] if os.environ.get("BENCH_PROFILE_GIL") == "1" else []
         cmd = [
             py_spy,
             "record",

@@ -107,7 +107,7 @@ PLAN_AHEAD_WAIT = 1.0
 """Seconds a step whose batch is committed still waits for the next range's prefetch, to plan
 that batch ahead (see :meth:`Syncer._plan_next`); a slower node costs the plan, not the
 step's return (the daemon's shutdown, health beat and leadership check run between steps)."""
-PLAN_AHEAD_POLL = 0.002
+PLAN_AHEAD_POLL = 0.02
 """Seconds between checks of the write while waiting for the prefetch."""
 
 
@@ -868,8 +868,11 @@ class Syncer:
         """Check, decode (unless ``processed`` was prepared ahead) and commit one range.
         ``bound``: the last final block (backfill only): the next range is then prepared in
         the background while this one is written."""
-        ahead, self._ahead_offer = self._ahead_offer, None
+        # The offer stays in self._ahead_offer until the write starts: should anything before
+        # it fail, step() drops it with the projector's caches.
+        ahead = self._ahead_offer
         if ahead is not None and ahead.processed is not processed:
+            self._ahead_offer = None
             self.projector.forget()  # planned for other work: its pass advanced the caches
             ahead = None
         if processed is None:
@@ -922,6 +925,7 @@ class Syncer:
                 projected.set()
                 db_seconds = time.perf_counter() - started
 
+        self._ahead_offer = None  # used by this write (failing, it is dropped with the caches)
         try:
             if bound is not None and self._prefetch is not None and self._reader is not None:
                 writer = self._writer = _Writer(transaction)
@@ -932,6 +936,8 @@ class Syncer:
             else:
                 transaction()
         except BaseException:
+            if self._writer is not None:
+                self._writer.wait()  # interrupted while waiting: the write may still be applying
             self.forget_cache()
             raise
         failpoints.hit("after_commit")
