@@ -209,7 +209,7 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
             f"{_fmt(cpu.get('indexer_s'), 2)} s of CPU, its PostgreSQL backends "
             f"{_fmt(cpu.get('postgres_s'), 2)} s (the writer's "
             f"{_fmt(cpu.get('postgres_writer_s'), 2)} s, the rest reads for batches planned "
-            "ahead), anvil {_fmt(cpu.get('anvil_s'), 2)} s, "
+            f"ahead), anvil {_fmt(cpu.get('anvil_s'), 2)} s, "
             f"other processes on the machine {_fmt(cpu.get('others_s'), 2)} s "
             f"(machine busy {cpu['busy_pct']:.0f} %).",
             "",

@@ -74,6 +74,9 @@ def test_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path: Path, pg_template: s
     assert stored["details"]["live"]["events"] > 0
     report = (out / "report.md").read_text()
     assert "## Targets (SPEC §7)" in report
+    assert "{_fmt(" not in report and "cpu.get(" not in report, "a placeholder left in"
+    cpu = stored["details"]["backfill"]["cpu"]
+    assert cpu["postgres_writer_s"] is not None and cpu["postgres_s"] >= cpu["postgres_writer_s"]
     try:
         import matplotlib  # noqa: F401
     except ImportError:
