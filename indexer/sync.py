@@ -885,16 +885,14 @@ class Syncer:
             following.update(self._known_registrations())
             following.update((r.address, r) for r in processed.registrations)
             self._start_prefetch(last + 1, bound, following)
-        window = [h for h in window if h.number > head - self.options.finality_depth - 1]
         write: Callable[[store.Conn], None]
         if ahead is None:
             events = self.projector.enrich(self.source, processed.events)
             batch = self._batch(headers[last], processed, events)
-            batch.window = window
             write = functools.partial(self.projector.apply, chain_id=self.chain_id, batch=batch)
         else:
             batch, write = ahead.batch, ahead.write
-            batch.window = window
+        batch.window = [h for h in window if h.number > head - self.options.finality_depth - 1]
         failpoints.hit("after_fetch")
         # Set once the projector's part of the write is done: at once for a plan (its write
         # touches no projector state), else after Projector.apply ran in the transaction. No

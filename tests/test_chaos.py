@@ -27,8 +27,13 @@ from indexer.chain.errors import RpcError
 from indexer.decode import TOPIC0, EventType
 from indexer.sync import Outcome, Syncer, connect
 from tests.fixtures.chains import deploy
-from tests.fixtures.db import create_database, drop_database, fresh_database_name
-from tests.fixtures.indexing import Harness, anvil_reorg, copy_backend_rows, domain_tables, reorg_tx
+from tests.fixtures.indexing import (
+    Harness,
+    anvil_reorg,
+    domain_tables,
+    fresh_serial_index,
+    reorg_tx,
+)
 from tests.fixtures.rpc_proxy import RpcProxy
 from tests.fixtures.truth import canonical_event_log, canonical_event_log_fast
 from tests.test_projections import add_master, add_user
@@ -228,18 +233,8 @@ def test_long_randomized_run(
     _sync(h, stats, None)
     assert h.stored() == canonical_event_log(h.w3, h.trusted, 0, h.head())
     _check_rebuild(h)
-    name = fresh_database_name()
-    url = create_database(name, template=pg_template)
-    try:
-        with connect(url) as fresh:
-            copy_backend_rows(h.conn, fresh)
-            syncer = Syncer(h.source, fresh, h.chain_id, h.trust, h.options)
-            while syncer.step().outcome is not Outcome.CAUGHT_UP:
-                pass
-            syncer.reconcile()
-            assert domain_tables(fresh, coin_ids=False) == domain_tables(h.conn, coin_ids=False)
-    finally:
-        drop_database(name)
+    fresh = fresh_serial_index(h, pg_template, reconcile=True)
+    assert fresh["tables"] == domain_tables(h.conn, coin_ids=False)
     elapsed = time.monotonic() - started
     print(
         f"\nchaos: steps={stats.steps} seed={SEED} mined={stats.mined} reorgs={stats.reorgs} "

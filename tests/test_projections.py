@@ -15,14 +15,13 @@ from web3.logs import DISCARD
 
 from indexer import projections, store
 from indexer.decode import TOPIC0, EventType
-from indexer.sync import Syncer, Trust, connect
+from indexer.sync import Syncer, Trust
 from tests.fixtures.chains import deploy, send_tx
-from tests.fixtures.db import create_database, drop_database, fresh_database_name
 from tests.fixtures.indexing import (
     Harness,
     anvil_reorg,
-    copy_backend_rows,
     domain_tables,
+    fresh_serial_index,
     reorg_tx,
 )
 
@@ -381,7 +380,7 @@ def test_reorged_incremental_equals_rebuild_equals_fresh_index(
     assert domain_tables(h.conn) == incremental
 
     # 2. A fresh index of the same chain into a fresh database with the same backend rows.
-    assert _fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
+    assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
 
 
 def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> None:
@@ -443,27 +442,6 @@ def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> No
     )
 
 
-def _fresh_serial_index(h: Harness, pg_template: str) -> dict[str, Any]:
-    """The domain tables and event log of a fresh index of ``h``'s chain, into a fresh
-    database with the same backend rows, by an engine that never plans ahead."""
-    name = fresh_database_name()
-    url = create_database(name, template=pg_template)
-    try:
-        with connect(url) as fresh:
-            copy_backend_rows(h.conn, fresh)
-            syncer = Syncer(h.source, fresh, h.chain_id, h.trust, h.options)
-            results = [syncer.step()]
-            while results[-1].outcome.value != "caught_up":
-                results.append(syncer.step())
-            assert not any(r.planned_ahead for r in results)
-            return {
-                "tables": domain_tables(fresh, coin_ids=False),
-                "events": [tuple(r) for r in store.event_log(fresh, h.chain_id)],
-            }
-    finally:
-        drop_database(name)
-
-
 def _busy_chain(h: Harness, masters: list[uuid.UUID], late: uuid.UUID) -> Any:
     """Registrations, mints, transfers, burns, a token minted again after its burn, dividends
     and an artist coin, one transaction per block; ``late``'s events (no masters row yet) wait.
@@ -523,7 +501,7 @@ def test_backfill_planned_ahead_equals_a_serial_index(
     assert incremental["nft_shares"] and incremental["artist_coins"]
     events = [tuple(r) for r in store.event_log(h.conn, h.chain_id)]
     assert events == h.expected()
-    assert _fresh_serial_index(h, pg_template) == {"tables": incremental, "events": events}
+    assert fresh_serial_index(h, pg_template) == {"tables": incremental, "events": events}
 
 
 @pytest.mark.slow
@@ -562,7 +540,7 @@ def test_failed_write_drops_the_batch_planned_ahead(
     assert stored_above == (0,)
     h.conn.execute("DROP TRIGGER test_fail ON indexer_events")
     h.sync()
-    assert _fresh_serial_index(h, pg_template) == {
+    assert fresh_serial_index(h, pg_template) == {
         "tables": domain_tables(h.conn, coin_ids=False),
         "events": [tuple(r) for r in store.event_log(h.conn, h.chain_id)],
     }
@@ -598,5 +576,5 @@ def test_batch_applied_in_its_write_is_not_overlapped_by_the_next_plan(
         "SELECT tier FROM nft_shares WHERE master_id = %s ORDER BY token_id", (master_id,)
     ).fetchall()
     assert [t for (t,) in tiers] == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 12
-    expected = _fresh_serial_index(h, pg_template)
+    expected = fresh_serial_index(h, pg_template)
     assert domain_tables(h.conn, coin_ids=False) == expected["tables"]
