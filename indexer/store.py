@@ -15,6 +15,7 @@ Guarantees (the engine relies on them):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,12 @@ class EventRow(NamedTuple):
     def position(self) -> tuple[int, int]:
         """Chain order of the event: (block number, log index)."""
         return (self.block_number, self.log_index)
+
+
+new_event_row: Callable[[tuple[Any, ...]], EventRow] = functools.partial(tuple.__new__, EventRow)
+"""An :class:`EventRow` from a tuple of all its eleven fields, built in C (the named tuple's
+own ``__new__`` is a Python function: a backfill builds one row per event). The caller gives
+every field, in order; nothing is checked."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,19 +265,23 @@ def process_logs(
     times: dict[int, tuple[dt.datetime, str]] = {}
     static_roles = trust.static_roles()
     events = out.events
+    copy_prefix, new_event_row = store.event_copy_prefix, store.new_event_row
     for log in logs:
         role = static_roles.get(log.address)
         if role is None:
             registration = known.get(log.address)
-            if registration is None or log.position <= registration.position:
+            if registration is None or (log.block_number, log.log_index) <= (
+                registration.block_number,
+                registration.log_index,  # = the positions, unboxed
+            ):
                 out.ignored += 1
                 continue
-            role = EmitterRole.MASTER
+            role = _MASTER
         verdict, reason = classify(log, role)
-        if verdict is Verdict.OTHER:
+        if verdict is _OTHER:
             out.other += 1
             continue
-        if verdict is Verdict.DECODE:
+        if verdict is _DECODE:
             event = ROLE_EVENTS[role]
             try:
                 args = decode_json(log, event)
@@ -290,14 +294,15 @@ def process_logs(
                     block_time = store.block_time(headers[number])
                     when = times[number] = (block_time, block_time.isoformat())
                 name = _EVENT_NAMES[event]
-                prefix = store.event_copy_prefix(number, log.block_hash, when[1], log.tx_hash,
-                                                 log.tx_index, log.log_index, log.address, name,
-                                                 args)  # fmt: skip
+                block_hash, tx_hash, address = log.block_hash, log.tx_hash, log.address
+                tx_index, log_index = log.tx_index, log.log_index
+                prefix = copy_prefix(number, block_hash, when[1], tx_hash, tx_index, log_index,
+                                     address, name, args)  # fmt: skip
                 events.append(
-                    store.EventRow(number, log.block_hash, when[0], log.tx_hash, log.tx_index,
-                                   log.log_index, log.address, name, args, None, prefix)
+                    new_event_row((number, block_hash, when[0], tx_hash, tx_index, log_index,
+                                   address, name, args, None, prefix))
                 )  # fmt: skip
-                if event is EventType.MASTER_REGISTERED:
+                if event is _REGISTERED:
                     contract = args["contractAddress"]
                     if contract not in known:  # the first registration of a contract wins
                         registration = store.Registration(
@@ -324,6 +329,12 @@ def process_logs(
 
 _EVENT_NAMES = {event: event.value for event in EventType}
 """Stored names of the events (a dict lookup: ``Enum.value`` is a Python-level descriptor)."""
+# Enum members bound once: reading one from its class (``Verdict.OTHER``) goes through the
+# enum's metaclass and costs several times a global lookup, once per log in the loop above.
+_MASTER = EmitterRole.MASTER
+_OTHER = Verdict.OTHER
+_DECODE = Verdict.DECODE
+_REGISTERED = EventType.MASTER_REGISTERED
 
 
 def _new_registration_targets(

@@ -44,6 +44,42 @@ CASES = {
         _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data=_token(10**30)),
         EventType.DIVIDEND_DEPOSITED,
     ),
+    "largest dividend": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data=_token(2**256 - 1)),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "zero dividend": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data=_token(0)),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with dirty bytes16 padding": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER[:-1] + "1"], data=_token(5)),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with uppercase data": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data=_token(0xABC).upper()),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with uppercase master": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], "0x" + MASTER[2:].upper()], data=_token(1)),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with short data": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data="0x" + "00" * 31),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with long data": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data=_token(1) + "00"),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with non-hex data": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], MASTER], data="0x" + "zz" * 32),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
+    "dividend with a short master": (
+        _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], "0x" + uuid.UUID(int=7).hex], data=_token(1)),
+        EventType.DIVIDEND_DEPOSITED,
+    ),
     "registration": (
         _log([TOPIC0[EventType.MASTER_REGISTERED], MASTER, BOB]),
         EventType.MASTER_REGISTERED,
@@ -62,6 +98,15 @@ def test_decode_json_equals_decode(name: str) -> None:
         assert str(raised.value) == str(exc)
     else:
         assert decode_json(log, event) == expected
+
+
+def test_dividend_fast_path_values() -> None:
+    master = uuid.UUID("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    log = _log([TOPIC0[EventType.DIVIDEND_DEPOSITED], "0x" + master.hex + "0" * 32], _token(10**30))
+    assert decode_json(log, EventType.DIVIDEND_DEPOSITED) == {
+        "masterId": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        "amount": str(10**30),
+    }
 
 
 def test_fast_path_values() -> None:
