@@ -119,6 +119,28 @@ def _live_row(r: dict[str, Any], d: dict[str, Any]) -> str:
     )
 
 
+def _budget_lines(r: dict[str, Any], d: dict[str, Any], cpu: dict[str, Any]) -> list[str]:
+    """The floor target as a time budget, beside the least time the measured CPU allows."""
+    floor, cores = r.get("floor_events_per_s"), d["machine"]["cpus"]
+    used = [cpu.get(k) for k in ("indexer_s", "postgres_s", "anvil_s")]
+    if not floor or None in used or not cpu.get("postgres_writer_s"):
+        return []
+    budget = r["events"] / (0.5 * floor)
+    spread = sum(used) / cores
+    writer = cpu["postgres_writer_s"]
+
+    def verdict(seconds: float) -> str:
+        return "within it" if seconds <= budget else "**over it**"
+
+    return [
+        "",
+        f"The target (0.5 × the floor) gives this chain **{budget:.2f} s**. The writing "
+        f"backend's CPU alone: {writer:.2f} s, {verdict(writer)}; the CPU of the indexer, "
+        f"PostgreSQL and anvil together, spread evenly over the {cores} CPUs: at least "
+        f"{spread:.2f} s, {verdict(spread)}.",
+    ]
+
+
 def _write_floor_lines(r: dict[str, Any], d: dict[str, Any]) -> list[str]:
     wf = d.get("write_floor")
     if not wf:
@@ -219,6 +241,7 @@ def markdown(result: dict[str, Any], plotted: bool) -> str:
             f"allows at most {_fmt(d['backfill'].get('postgres_bound_events_per_s'))} events/s, "
             "whatever the indexer and the node do.",
         ]
+        lines += _budget_lines(r, d, cpu)
     lines += _write_floor_lines(r, d)
     if plotted:
         lines += ["", "## Throughput and memory over the backfill", "", "![plot](plot.png)"]
