@@ -138,6 +138,10 @@ class _Pass:
     effects: dict[tuple[int, int], dict[str, str]] | None = None
     """What each applied event did to the AudiFi tables (for the Redis message's ``data``);
     None: not wanted (no outbox)."""
+    first_changes: dict[tuple[str, int], tuple[int, int]] | None = None
+    """Position of the first event of the pass that changed each share: the write keeps the
+    share's before-image there (:func:`_keep_share_images`); None: not wanted (a final
+    batch, which no reorg takes back)."""
 
 
 _AnyEvent = _Event | store.EventRow
@@ -231,7 +235,12 @@ class AudifiProjector(Projector):
         contracts.update((r.address, r) for r in batch.registrations)
         new: list[_AnyEvent] = list(batch.events)
         work = self._pass(
-            conn, chain_id, [*pending, *new], contracts, effects=batch.effects is not None
+            conn,
+            chain_id,
+            [*pending, *new],
+            contracts,
+            effects=batch.effects is not None,
+            before_images=not batch.final,
         )
         pending_positions = {e.position for e in pending}
         own = [p for p in work.applied if p not in pending_positions]
@@ -243,13 +252,15 @@ class AudifiProjector(Projector):
         self._nothing_pending = len(work.applied) == len(pending) + len(batch.events)
         return work
 
-    def reconcile(self, conn: store.Conn, chain_id: int) -> int:
+    def reconcile(self, conn: store.Conn, chain_id: int, *, before_images: bool = True) -> int:
+        """Apply the pending events whose rows now exist, and re-link owners (``before_images``:
+        keep the shares' before-images, see :func:`_keep_share_images`)."""
         try:
             pending = _load_pending(conn, chain_id)
             applied: list[tuple[int, int]] = []
             if pending:
                 contracts = store.load_registrations(conn, chain_id)
-                work = self._pass(conn, chain_id, pending, contracts)
+                work = self._pass(conn, chain_id, pending, contracts, before_images=before_images)
                 _write_pass(conn, chain_id, work)
                 applied = work.applied
                 _mark_applied(conn, chain_id, applied)
@@ -287,9 +298,11 @@ class AudifiProjector(Projector):
         contracts: dict[str, store.Registration],
         *,
         effects: bool = False,
+        before_images: bool = False,
     ) -> _Pass:
         """The pass over ``events`` (chain order): which apply (their rows exist) and the rows
-        they give (written by :func:`_write_pass`), and, when ``effects``, what each did.
+        they give (written by :func:`_write_pass`), and, when ``effects``, what each did;
+        ``before_images``: note where each share first changed (:attr:`_Pass.first_changes`).
         Reads on ``conn``; writes only for coin events (applied in place)."""
         if not events:
             return _Pass()
@@ -299,7 +312,7 @@ class AudifiProjector(Projector):
             for e in events
         ]
         masters = {str(m) for m in _existing(conn, "masters", _uuids(owners))}
-        work = _Pass(effects={} if effects else None)
+        work = _Pass(effects={} if effects else None, first_changes={} if before_images else None)
         tiers = self._prepare_mints(conn, events, owners, masters)
         blocked_masters: set[str] = set()
         for event, master in zip(events, owners, strict=True):
@@ -380,6 +393,8 @@ class AudifiProjector(Projector):
         share = work.shares.get((master, token))
         if share is None:
             share = work.shares[(master, token)] = _Share()
+            if work.first_changes is not None:
+                work.first_changes[(master, token)] = event.position
         owner = None if receiver == ZERO_ADDRESS else receiver
         if sender == ZERO_ADDRESS:
             if master not in self._mint_counts:
@@ -406,14 +421,26 @@ class AudifiProjector(Projector):
 
     # -- rollback ---------------------------------------------------------------------------
     def rollback(self, conn: store.Conn, chain_id: int, ancestor: int) -> None:
+        """Undo the effects of the applied events above block ``ancestor`` (the caller's
+        transaction, before the event log loses them).
+
+        A share is put back from its before-image when the image was kept exactly where its
+        first event above the ancestor is (the usual case inside the reorg window: cost in
+        proportion to what the reorg took back); any other share — changed by a final batch,
+        a rebuild, or a pass whose range the ancestor splits — is re-derived from the event
+        log (:func:`recompute_shares`, cost in proportion to its master's history). Both give
+        the share as a fresh index up to the ancestor would."""
         self.forget()
         touched = conn.execute(
-            "SELECT DISTINCT c.master_id, (e.args->>'tokenId')::numeric FROM indexer_events e "
+            "SELECT DISTINCT ON (c.master_id, (e.args->>'tokenId')::numeric) c.master_id, "
+            "(e.args->>'tokenId')::numeric, e.block_number, e.log_index FROM indexer_events e "
             "JOIN indexer_contracts c ON c.chain_id = e.chain_id AND c.address = e.address "
             "WHERE e.chain_id = %s AND e.block_number > %s AND e.event_type = 'Transfer' "
-            "AND e.applied",
+            "AND e.applied ORDER BY c.master_id, (e.args->>'tokenId')::numeric, "
+            "e.block_number, e.log_index",
             (chain_id, ancestor),
         ).fetchall()
+        images = _share_images(conn, chain_id, ancestor)
         conn.execute(
             "DELETE FROM dividend_events d USING indexer_events e WHERE e.chain_id = %s "
             "AND e.block_number > %s AND e.event_type = 'DividendDeposited' "
@@ -421,7 +448,16 @@ class AudifiProjector(Projector):
             (chain_id, ancestor),
         )
         restore_snapshots(conn, chain_id, above=ancestor)
-        recompute_shares(conn, chain_id, [(m, int(t)) for m, t in touched], up_to=ancestor)
+        exact: list[_ShareImage] = []
+        derived: list[tuple[uuid.UUID, int]] = []
+        for master, token, block, log_index in touched:
+            image = images.get((master, int(token)))
+            if image is not None and image[0] == (block, log_index):
+                exact.append(image[1])
+            else:
+                derived.append((master, int(token)))
+        _restore_shares(conn, exact)
+        recompute_shares(conn, chain_id, derived, up_to=ancestor)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -598,7 +634,7 @@ def _write_pass(conn: store.Conn, chain_id: int, work: _Pass) -> None:
         "users": set(users.values()),
     }
     with foreign_keys.checked_per_batch(conn, KEYS_CHECKED_PER_BATCH, references):
-        _write_shares(conn, work, {wallet: str(user) for wallet, user in users.items()})
+        _write_shares(conn, chain_id, work, {wallet: str(user) for wallet, user in users.items()})
         if work.dividends:
             with conn.cursor().copy(
                 f"COPY dividend_events ({_DIVIDEND_COLUMNS}) FROM STDIN {store.COPY_NULL_EMPTY}"
@@ -616,11 +652,13 @@ _DIVIDEND_COLUMNS = (
 )
 
 
-def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
+def _write_shares(conn: store.Conn, chain_id: int, work: _Pass, users: dict[str, str]) -> None:
     """Insert the minted and update the moved shares of the pass (``users``: wallet → id)."""
     if not work.shares:
         return
     minted, moved = _share_rows(work, users)
+    if work.first_changes:
+        _keep_share_images(conn, chain_id, work.first_changes, minted)
     # Set-based (a (master, token) key appears once per pass, so each row is touched once):
     # new shares by one COPY straight into nft_shares, or — when one of them already has a row
     # — through a session temp table and one upsert; moved shares through a temp table and
@@ -655,6 +693,36 @@ def _write_shares(conn: store.Conn, work: _Pass, users: dict[str, str]) -> None:
 
 
 _Row = tuple[Any, ...]
+
+
+def _keep_share_images(
+    conn: store.Conn,
+    chain_id: int,
+    first_changes: dict[tuple[str, int], tuple[int, int]],
+    minted: Sequence[_Row],
+) -> None:
+    """Keep, in ``indexer_snapshots``, the before-image of each share the pass changes, at the
+    position of its first event in the pass (NULL for a share that has no row yet, under the
+    id it gets). A rollback to below that position restores the share from it
+    (:func:`_restore_shares`) instead of re-deriving it from the master's whole history."""
+    new_ids = {(row[1], row[2]): row[0] for row in minted}
+    keys = list(first_changes)
+    conn.execute(
+        "INSERT INTO indexer_snapshots (chain_id, block_number, log_index, table_name, row_id, "
+        "before) SELECT %s, p.block, p.log_index, 'nft_shares', coalesce(s.id, p.new_id), "
+        "CASE WHEN s.id IS NULL THEN NULL ELSE to_jsonb(s) END FROM unnest(%s::uuid[], "
+        "%s::numeric[], %s::bigint[], %s::int[], %s::uuid[]) AS p(m, t, block, log_index, new_id)"
+        " LEFT JOIN nft_shares s ON s.master_id = p.m AND s.token_id = p.t "
+        "WHERE coalesce(s.id, p.new_id) IS NOT NULL",
+        (
+            chain_id,
+            [uuid.UUID(m) for m, _ in keys],
+            [t for _, t in keys],
+            [first_changes[k][0] for k in keys],
+            [first_changes[k][1] for k in keys],
+            [new_ids.get(k) for k in keys],
+        ),
+    )
 
 
 def _copy_new_shares(conn: store.Conn, minted: Sequence[_Row]) -> bool:
@@ -829,11 +897,59 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
     return True
 
 
+_ShareImage = tuple[uuid.UUID, str | None, str | None]
+"""A share's row id, before-image (JSON text; None: the row did not exist) and its owner
+wallet (None: none)."""
+
+
+def _share_images(
+    conn: store.Conn, chain_id: int, above: int
+) -> dict[tuple[uuid.UUID, int], tuple[tuple[int, int], _ShareImage]]:
+    """(master, token) → (position, image) of the earliest before-image kept above block
+    ``above`` for each share that still has its row (see :func:`_keep_share_images`)."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (n.row_id) s.master_id, s.token_id, n.block_number, n.log_index, "
+        "n.row_id, n.before::text, n.before->>'owner_wallet' FROM indexer_snapshots n "
+        "JOIN nft_shares s ON s.id = n.row_id WHERE n.chain_id = %s "
+        "AND n.table_name = 'nft_shares' AND n.block_number > %s "
+        "ORDER BY n.row_id, n.block_number, n.log_index, n.id",
+        (chain_id, above),
+    ).fetchall()
+    return {
+        (m, int(t)): ((b, i), (row_id, before, wallet))
+        for m, t, b, i, row_id, before, wallet in rows
+    }
+
+
+def _restore_shares(conn: store.Conn, images: Sequence[_ShareImage]) -> None:
+    """Put shares back as their before-images hold them: a share created since is deleted;
+    the others get their chain values back and the owner's user as ``users`` says now."""
+    created = [row_id for row_id, before, _ in images if before is None]
+    if created:
+        conn.execute("DELETE FROM nft_shares WHERE id = ANY(%s)", (created,))
+    kept = [image for image in images if image[1] is not None]
+    if not kept:
+        return
+    users = _user_ids(conn, [wallet for _, _, wallet in kept if wallet])
+    conn.cursor().executemany(
+        "UPDATE nft_shares s SET owner_wallet = r.owner_wallet, owner_id = %s, tier = r.tier, "
+        "royalty_percent = r.royalty_percent, minted_at = r.minted_at, "
+        "last_transfer = r.last_transfer FROM jsonb_populate_record(NULL::nft_shares, %s) r "
+        "WHERE s.id = %s",
+        [
+            (users.get(wallet) if wallet else None, before, row_id)
+            for row_id, before, wallet in kept
+        ],
+    )
+
+
 def restore_snapshots(conn: store.Conn, chain_id: int, above: int) -> None:
-    """Undo, newest first, the backend-row changes of events above block ``above``."""
+    """Undo, newest first, the backend-row changes of events above block ``above``, and drop
+    every before-image kept above it (those of shares are read first by the rollback)."""
     rows = conn.execute(
         "SELECT id, table_name, row_id, before FROM indexer_snapshots WHERE chain_id = %s "
-        "AND block_number > %s ORDER BY block_number DESC, log_index DESC, id DESC",
+        "AND block_number > %s AND table_name <> 'nft_shares' "
+        "ORDER BY block_number DESC, log_index DESC, id DESC",
         (chain_id, above),
     ).fetchall()
     for _, table, row_id, before in rows:
@@ -975,4 +1091,6 @@ def rebuild(conn: store.Conn, chain_id: int) -> int:
         (chain_id,),
     )
     conn.execute("UPDATE indexer_events SET applied = false WHERE chain_id = %s", (chain_id,))
-    return AudifiProjector().reconcile(conn, chain_id)
+    # every block is already in the event log: no before-images (a rollback into the window
+    # recomputes the shares it touches from the log)
+    return AudifiProjector().reconcile(conn, chain_id, before_images=False)

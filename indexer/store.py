@@ -130,6 +130,9 @@ class Batch:
     """Logs from untrusted emitters or from before a registration: counted, never stored."""
     other: int = 0
     """Non-AudiFi events of trusted contracts (Approval, OwnershipTransferred…): skipped."""
+    final: bool = False
+    """Every block of the batch is final (a backfill range): no reorg can take it back, so
+    the projections keep no before-images of the rows it changes."""
 
 
 Conn = psycopg.Connection[Any]
@@ -303,6 +306,13 @@ def write_batch(
     )
     conn.execute(
         "DELETE FROM indexer_blocks WHERE chain_id = %s AND number < %s",
+        (chain_id, batch.head.number - keep_blocks),
+    )
+    # The shares' before-images serve rollbacks inside the window only (a rollback below it
+    # re-derives the shares from the event log); those of backend rows are kept.
+    conn.execute(
+        "DELETE FROM indexer_snapshots WHERE chain_id = %s AND table_name = 'nft_shares' "
+        "AND block_number < %s",
         (chain_id, batch.head.number - keep_blocks),
     )
     conn.execute(

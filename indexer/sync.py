@@ -899,7 +899,7 @@ class Syncer:
         write: Callable[[store.Conn], None]
         if ahead is None:
             events = self.projector.enrich(self.source, processed.events)
-            batch = self._batch(headers[last], processed, events)
+            batch = self._batch(headers[last], processed, events, final=bound is not None)
             write = functools.partial(self.projector.apply, chain_id=self.chain_id, batch=batch)
         else:
             batch, write = ahead.batch, ahead.write
@@ -970,7 +970,12 @@ class Syncer:
         )
 
     def _batch(
-        self, head: BlockHeader, processed: _Processed, events: list[store.EventRow]
+        self,
+        head: BlockHeader,
+        processed: _Processed,
+        events: list[store.EventRow],
+        *,
+        final: bool,
     ) -> store.Batch:
         return store.Batch(
             head=head,
@@ -980,6 +985,7 @@ class Syncer:
             ignored=processed.ignored,
             other=processed.other,
             effects={} if self.options.outbox else None,
+            final=final,
         )
 
     def _plan_next(
@@ -1010,7 +1016,9 @@ class Syncer:
             return None
         processed = prepared.processed
         try:
-            batch = self._batch(prepared.headers[prepared.last], processed, processed.events)
+            batch = self._batch(
+                prepared.headers[prepared.last], processed, processed.events, final=True
+            )
             if self._reader_conn is None or self._reader_conn.closed:
                 assert self._reader is not None
                 self._reader_conn = self._reader()

@@ -383,6 +383,79 @@ def test_reorged_incremental_equals_rebuild_equals_fresh_index(
     assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
 
 
+def test_reorg_puts_shares_back_from_their_before_images(
+    make_harness: MakeHarness, pg_template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside the reorg window each pass keeps the before-image of every share it changes;
+    a rollback puts those shares back from the images — without reading their masters'
+    histories — whenever the image sits exactly at the share's first event above the
+    ancestor, and re-derives the others from the event log. Mints, transfers, a burn and a
+    re-mint after the burn are taken back; both ways equal a fresh index, and the images
+    below the window are pruned."""
+    derived: list[list[tuple[uuid.UUID, int]]] = []
+    recompute = projections.recompute_shares
+
+    def spy(conn: Any, chain_id: int, shares: Any, up_to: int) -> None:
+        derived.append(list(shares))
+        recompute(conn, chain_id, shares, up_to)
+
+    monkeypatch.setattr(projections, "recompute_shares", spy)
+    h = make_harness(finality_depth=12)
+    alice, bob, carol = h.node.accounts[1:4]
+    artist = add_user(h)
+    add_user(h, wallet=bob.upper().replace("0X", "0x"))
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(1, 2, 3, "9", "8", "7", "6"))
+    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    send_tx(h.w3, own.functions.batchMint(alice, 1, 3))
+    h.sync()
+    for tx, sender in (
+        (own.functions.transferFrom(alice, bob, 1), alice),  # block by block: one pass each
+        (own.functions.mint(carol, 4), None),
+        (own.functions.burn(2), alice),
+        (own.functions.mint(bob, 2), None),  # token 2 again: its row exists
+        (own.functions.transferFrom(bob, carol, 1), bob),
+    ):
+        send_tx(h.w3, tx, sender=sender) if sender else send_tx(h.w3, tx)
+        h.sync()
+    kept = h.conn.execute(
+        "SELECT count(*) FROM indexer_snapshots WHERE table_name = 'nft_shares'"
+    ).fetchone()
+    assert kept is not None and kept[0] == 3 + 5  # one per share per pass (all in the window)
+    replacement = reorg_tx(h.contracts.distributor.functions.record(master_id.bytes, 1), alice)
+    anvil_reorg(h.node, 5, [(replacement, 0)])
+    h.sync()
+    assert derived == [[]]  # all four shares taken back from their images
+    assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
+    a = alice.lower()
+    assert shares_of(h.conn, master_id) == [
+        (1, a, None, 1, Decimal("9"), True, False),
+        (2, a, None, 2, Decimal("8"), True, False),
+        (3, a, None, 2, Decimal("8"), True, False),
+    ]
+
+    # Two blocks in one pass, then a rollback to between them: token 1's image sits at its
+    # first event of the pass, below the ancestor — it is re-derived from the event log.
+    derived.clear()
+    send_tx(h.w3, own.functions.transferFrom(alice, bob, 1), sender=alice)
+    send_tx(h.w3, own.functions.transferFrom(bob, carol, 1), sender=bob)
+    send_tx(h.w3, own.functions.mint(bob, 5))
+    h.sync()
+    anvil_reorg(h.node, 2, [(replacement, 0)])
+    h.sync()
+    assert derived == [[(master_id, 1)]]  # token 5: from its image (created since: deleted)
+    assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
+
+    for _ in range(14):  # the window moves on: the images below it go
+        send_tx(h.w3, h.contracts.distributor.functions.record(master_id.bytes, 2))
+    h.sync()
+    oldest = h.conn.execute(
+        "SELECT min(block_number) FROM indexer_snapshots WHERE table_name = 'nft_shares'"
+    ).fetchone()
+    assert oldest is not None and (oldest[0] is None or oldest[0] >= h.head() - 12)
+
+
 def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> None:
     """SPEC §8: a message's ``data`` holds the decoded values and the effect — here checked
     against the rows the same batch wrote."""

@@ -551,6 +551,7 @@ def databases(pg_template: str) -> Iterator[list[str]]:
         drop_database(name)
 
 
+@pytest.mark.timeout(1200)  # bounded by its 200 sequences; 130-330 s on 2 cores seen so far
 def test_random_sequences_keep_the_event_log_equal_to_the_oracle(
     anvil_factory: Callable[..., AnvilNode], databases: list[str]
 ) -> None:
