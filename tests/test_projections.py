@@ -52,6 +52,13 @@ def add_master(h: Harness, master_id: uuid.UUID, artist: uuid.UUID, tiers: Any =
         )
 
 
+def register_shares(h: Harness, master_id: uuid.UUID) -> Any:
+    """A MasterShares contract deployed on its own and registered for ``master_id``."""
+    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    return own
+
+
 def shares_of(conn: Any, master: uuid.UUID) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT token_id, owner_wallet, owner_id, tier, royalty_percent, minted_at IS NOT NULL, "
@@ -154,8 +161,7 @@ def test_token_minted_again_after_a_burn(
     artist = add_user(h)
     master_id = uuid.uuid4()
     add_master(h, master_id, artist, tiers=(1, 1, 1, "9", "8", "7", "6"))
-    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
-    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    own = register_shares(h, master_id)
     send_tx(h.w3, own.functions.batchMint(alice, 1, 2))
     h.sync()
     first_id = h.conn.execute(
@@ -196,8 +202,7 @@ def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
     master_id = uuid.uuid4()
     wallet = h.node.accounts[1]
     h.new_master()  # an unrelated master the backend never creates: stays pending forever
-    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
-    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    own = register_shares(h, master_id)
     send_tx(h.w3, own.functions.batchMint(wallet, 1, 3))
     send_tx(h.w3, h.contracts.distributor.functions.record(master_id.bytes, 9))
     h.sync()
@@ -406,8 +411,7 @@ def test_reorg_puts_shares_back_from_their_before_images(
     add_user(h, wallet=bob.upper().replace("0X", "0x"))
     master_id = uuid.uuid4()
     add_master(h, master_id, artist, tiers=(1, 2, 3, "9", "8", "7", "6"))
-    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
-    send_tx(h.w3, h.contracts.registry.functions.registerMaster(master_id.bytes, own.address))
+    own = register_shares(h, master_id)
     send_tx(h.w3, own.functions.batchMint(alice, 1, 3))
     h.sync()
     for tx, sender in (
@@ -521,8 +525,7 @@ def _busy_chain(h: Harness, masters: list[uuid.UUID], late: uuid.UUID) -> Any:
     Returns the contract of ``masters[0]``."""
     _activity(h, masters, rounds=45, seed=11)
     alice, bob = h.node.accounts[1], h.node.accounts[2]
-    own = deploy(h.w3, "MasterShares", "M", "M", h.node.accounts[0])
-    send_tx(h.w3, h.contracts.registry.functions.registerMaster(late.bytes, own.address))
+    own = register_shares(h, late)
     send_tx(h.w3, own.functions.batchMint(alice, 1, 3))
     send_tx(h.w3, h.contracts.distributor.functions.record(late.bytes, 7))
     send_tx(h.w3, own.functions.burn(2), sender=alice)
