@@ -451,11 +451,12 @@ class AudifiProjector(Projector):
         exact: list[_ShareImage] = []
         derived: list[tuple[uuid.UUID, int]] = []
         for master, token, block, log_index in touched:
-            image = images.get((master, int(token)))
+            share = (master, int(token))
+            image = images.get(share)
             if image is not None and image[0] == (block, log_index):
                 exact.append(image[1])
             else:
-                derived.append((master, int(token)))
+                derived.append(share)
         _restore_shares(conn, exact)
         recompute_shares(conn, chain_id, derived, up_to=ancestor)
 
