@@ -25,8 +25,11 @@ $(STAMP_NPM): package.json package-lock.json
 demo: install
 	$(BIN)/audifi-indexer demo
 
+# The suite on both cores (pytest-xdist); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP_PY)
 	$(BIN)/ruff check .

@@ -93,12 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the chain.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML configuration file (default: $AUDIFI_CONFIG); every key can be "
-        "overridden by its AUDIFI_* environment variable",
-    )
+    add_config_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     migrate = commands.add_parser(
@@ -146,7 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the chain, database and indexer running for exploring until Ctrl-C",
     )
     demo.set_defaults(handler=_cmd_demo)
+    for command in commands.choices.values():
+        add_config_option(command, after_command=True)
     return parser
+
+
+def add_config_option(parser: argparse.ArgumentParser, *, after_command: bool = False) -> None:
+    """``--config FILE`` before or after the command: ``audifi-indexer --config F run`` and
+    ``audifi-indexer run --config F`` mean the same. After a command the option has no default
+    of its own (``SUPPRESS``), so an absent one leaves the value given before the command."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS if after_command else None,
+        help="TOML configuration file (default: $AUDIFI_CONFIG); every key can be "
+        "overridden by its AUDIFI_* environment variable",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,6 +173,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"audifi-indexer {args.command}: error: the database cannot be reached or refused the "
             f"request: {reason[0] if reason else type(exc).__name__}. Check AUDIFI_DATABASE_URL "
             "and that the server is up.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except (sa.exc.ProgrammingError, psycopg.errors.UndefinedTable) as exc:
+        if not isinstance(getattr(exc, "orig", exc), psycopg.errors.UndefinedTable):
+            raise
+        missing = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(
+            f"audifi-indexer {args.command}: error: the database has no indexer schema "
+            f"({missing}). Run `audifi-indexer migrate` against AUDIFI_DATABASE_URL first.",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -11,6 +11,9 @@ Guarantees:
 * ``total_supply`` is in token units, exact: ``totalSupply() / 10**decimals()`` written as a
   decimal string with up to 18 fractional digits (``artist_coins.total_supply`` is
   NUMERIC(78,18)); a token with more than 18 decimals is cut (not rounded) to 18 and says so.
+  A supply with more than 60 whole digits (a huge ``totalSupply()`` with few decimals) cannot
+  be stored there at all: it is written as 0 and says so (the exact units stay in the event's
+  context), rather than failing every retry of the step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ SELECTORS = {
 NAME_WIDTH = 100
 SYMBOL_WIDTH = 10
 SUPPLY_SCALE = 18
+SUPPLY_WHOLE_DIGITS = 78 - SUPPLY_SCALE  # NUMERIC(78,18) holds at most 60 whole digits
 FALLBACK_NAME = "(unreadable name)"
 FALLBACK_SYMBOL = "?"
 DEFAULT_DECIMALS = 18
@@ -143,6 +147,13 @@ def read_coin(source: ChainSource, address: str, block_hash: str) -> CoinInfo:
     supply, cut = units_to_decimal(units, decimals)
     if cut:
         notes.append(f"total supply cut to {SUPPLY_SCALE} decimals (token has {decimals})")
+    if len(supply.split(".")[0]) > SUPPLY_WHOLE_DIGITS:
+        notes.append(
+            f"total supply {supply} does not fit NUMERIC(78,18) (more than "
+            f"{SUPPLY_WHOLE_DIGITS} whole digits); stored as 0, the exact totalSupply() is "
+            "kept in the event's context (totalSupplyUnits)"
+        )
+        supply = "0"
     return CoinInfo(
         name=text("name", NAME_WIDTH, FALLBACK_NAME),
         symbol=text("symbol", SYMBOL_WIDTH, FALLBACK_SYMBOL),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import signal
 import threading
 import time
@@ -41,7 +42,7 @@ from indexer.chain.errors import FatalRpcError, RangeTooLargeError, RpcError, ma
 from indexer.chain.http_source import HttpChainSource
 from indexer.chain.source import ChainSource
 from indexer.config import Settings, mask_url
-from indexer.errors import IndexerError
+from indexer.errors import DatabaseUnavailableError, IndexerError
 from indexer.logs import get_logger
 from indexer.observe import HealthState, Metrics, MetricsServer, serve_http
 from indexer.projections import KEYS_CHECKED_PER_BATCH, pending_count
@@ -55,6 +56,18 @@ WAIT_SLICE = 0.2
 READER_CONNECT_TIMEOUT = 10
 """Seconds the engine's reader connection (backfill batches planned ahead) may take to open;
 a failure only costs that batch's plan."""
+
+
+# Connection errors that are configuration mistakes, not outages: at start-up the daemon stops
+# with a clear error instead of waiting. libpq gives no SQLSTATE for a refused connection, so
+# the server's (English) FATAL message is matched; any other text counts as an outage.
+CONFIGURATION_FAILURES = re.compile(
+    r'FATAL:\s+(database "[^"]*" does not exist|role "[^"]*" does not exist|'
+    r"password authentication failed|no pg_hba\.conf entry)"
+)
+
+
+PENDING_REFRESH = 1.0  # seconds between pending-gauge refreshes while catching up
 
 
 class StartupError(IndexerError):
@@ -127,6 +140,7 @@ class Daemon:
         self.on_step = on_step
         self.server: MetricsServer | None = None
         self._lock_conn: psycopg.Connection[Any] | None = None
+        self._pending_refreshed = 0.0  # monotonic time of the last pending-gauge refresh
         self._publisher: OutboxPublisher | None = None
         self._publisher_thread: threading.Thread | None = None
         self._upkeep = Upkeep(
@@ -183,6 +197,8 @@ class Daemon:
         return chain_id
 
     def _connect(self) -> psycopg.Connection[Any]:
+        """A new engine connection; waits (backing off) while PostgreSQL cannot be reached.
+        Raises KeyboardInterrupt when a stop is requested meanwhile."""
         backoff = Backoff()
         while True:
             try:
@@ -190,26 +206,58 @@ class Daemon:
                 self.health.set_database(True)
                 return conn
             except psycopg.OperationalError as exc:
-                delay = backoff.next_delay()
-                first = str(exc).strip().splitlines()
-                self.health.set_database(False, first[0] if first else repr(exc))
-                self.metrics.count_step_error("database_unavailable")
-                log.warning(
-                    "database_unavailable",
-                    url=mask_url(self.database_url),
-                    error=first[0] if first else repr(exc),
-                    retry_in=round(delay, 2),
-                )
-                if self._wait(delay):
-                    raise KeyboardInterrupt from exc
+                self._database_unavailable(exc, backoff)
+
+    def _database_unavailable(self, exc: Exception, backoff: Backoff) -> None:
+        """Report PostgreSQL as unreachable (readiness, metric, log) and wait the next backoff
+        delay; KeyboardInterrupt when a stop is requested meanwhile."""
+        delay = backoff.next_delay()
+        cause = exc.__cause__ if isinstance(exc, DatabaseUnavailableError) else exc
+        first = str(cause or exc).strip().splitlines()
+        self.health.set_database(False, first[0] if first else repr(exc))
+        self.metrics.count_step_error("database_unavailable")
+        log.warning(
+            "database_unavailable",
+            url=mask_url(self.database_url),
+            error=first[0] if first else repr(exc),
+            retry_in=round(delay, 2),
+        )
+        if self._wait(delay):
+            raise KeyboardInterrupt from exc
 
     def _check_schema(self) -> None:
-        version = migrate.schema_version(self.database_url)
+        """The schema must be at head. A database that cannot be reached yet is waited for
+        (SPEC §4.5: indexing resumes on its own), so the daemon may start before PostgreSQL."""
+        backoff = Backoff()
+        while True:
+            try:
+                version = migrate.schema_version(self.database_url)
+                break
+            except DatabaseUnavailableError as exc:
+                if CONFIGURATION_FAILURES.search(str(exc.__cause__ or exc)):
+                    raise  # wrong database, role or password: waiting will not fix it
+                self._database_unavailable(exc, backoff)
+        self.health.set_database(True)
         if not version.up_to_date:
             raise StartupError(
                 f"the database schema is at {version.current or 'nothing'}, the indexer needs "
                 f"{version.head}: run `audifi-indexer migrate` first"
             )
+
+    def _open_engine_connection(self, chain_id: int) -> tuple[psycopg.Connection[Any], list[int]]:
+        """The engine's connection, the chains other than ``chain_id`` the database holds, and
+        the foreign-key mode logged; retried while PostgreSQL drops the connection."""
+        backoff = Backoff()
+        while True:
+            conn = self._connect()
+            try:
+                other = store.other_chains(conn, chain_id)
+                if not other:
+                    self._log_key_checks(conn)
+                return conn, other
+            except psycopg.OperationalError as exc:
+                conn.close()
+                self._database_unavailable(exc, backoff)
 
     def _set_leader(self, leader: bool) -> None:
         self.status.leader = leader
@@ -315,7 +363,10 @@ class Daemon:
             return 0
         self.status.chain_id = chain_id
         structlog.contextvars.bind_contextvars(chain_id=chain_id)  # on every log line from here
-        self._check_schema()
+        try:
+            self._check_schema()
+        except KeyboardInterrupt:
+            return 0
         log.info(
             "starting",
             chain_id=chain_id,
@@ -327,15 +378,13 @@ class Daemon:
         if not self._acquire_leadership(chain_id):
             return 0
         try:
-            conn = self._connect()
+            conn, other = self._open_engine_connection(chain_id)
         except KeyboardInterrupt:
             return 0
-        other = store.other_chains(conn, chain_id)
         if other:
             conn.close()
             return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
-        self._log_key_checks(conn)
         syncer = Syncer(
             self.source,
             conn,
@@ -375,6 +424,7 @@ class Daemon:
                 if result.outcome in (Outcome.PROGRESSED, Outcome.REORG):
                     if self._publisher is not None:
                         self._publisher.notify()
+                    self._refresh_pending(syncer)
                     continue
                 if result.outcome is not Outcome.HALTED:
                     self._reconcile(syncer)
@@ -406,6 +456,18 @@ class Daemon:
             except KeyboardInterrupt:
                 return False
         return not self._wait(delay)
+
+    def _refresh_pending(self, syncer: Syncer) -> None:
+        """While catching up, the pending-events gauge follows the event log too (at most once
+        per PENDING_REFRESH seconds: one indexed count between two steps)."""
+        now = time.monotonic()
+        if now - self._pending_refreshed < PENDING_REFRESH:
+            return
+        self._pending_refreshed = now
+        try:
+            self.metrics.set_pending(pending_count(syncer.conn, syncer.chain_id))
+        except psycopg.Error as exc:  # the next step finds and recovers a broken connection
+            log.warning("pending_count_failed", error=str(exc)[:300])
 
     def _reconcile(self, syncer: Syncer) -> None:
         """Pending events whose rows appeared, and owners of newly linked wallets: applied

@@ -48,6 +48,7 @@ from indexer.chain.source import ChainSource
 from indexer.coins import read_coin
 from indexer.decode import EventType
 from indexer.ids import ordered_uuids
+from indexer.logs import get_logger
 from indexer.sync import Projector
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -59,6 +60,8 @@ KEYS_CHECKED_PER_BATCH = ("nft_shares", "dividend_events")
 """The tables whose bulk writes have their foreign keys checked once per batch
 (:mod:`indexer.foreign_keys`)."""
 MASTERS_RESTORED = ("contract_address",)
+log = get_logger("audifi.projections")
+
 COINS_RESTORED = ("contract_address", "deployed_at", "name", "symbol", "total_supply")
 
 
@@ -872,18 +875,17 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
         coin.get("totalSupply", "0"),
     )
     row = conn.execute("SELECT id FROM artist_coins WHERE artist_id = %s", (artist,)).fetchone()
+    if row is None and not _existing(conn, "users", [artist]):
+        return False
+    _release_coin_address(conn, chain_id, event, values[0], row[0] if row else None)
     if row is not None:
         _snapshot(conn, chain_id, event, "artist_coins", row[0])
-        # Another coin row may hold this address (a redeploy to the same address cannot
-        # happen; a stale row after a reorg can): the unique key must not block the chain.
         conn.execute(
             "UPDATE artist_coins SET contract_address = %s, deployed_at = %s, name = %s, "
             "symbol = %s, total_supply = %s WHERE id = %s",
             (*values, row[0]),
         )
         return True
-    if not _existing(conn, "users", [artist]):
-        return False
     created = conn.execute(
         "INSERT INTO artist_coins (artist_id, contract_address, deployed_at, name, symbol, "
         "total_supply) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
@@ -896,6 +898,33 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
         (chain_id, event.block_number, event.log_index, created[0]),
     )
     return True
+
+
+def _release_coin_address(
+    conn: store.Conn, chain_id: int, event: _AnyEvent, address: str, keep: uuid.UUID | None
+) -> None:
+    """Another artist's coin row holding ``address`` (unique) gives it up: the trusted factory
+    announced that contract again, for this artist, and the chain wins (SPEC §8). Its
+    before-image is kept, so a reorg of this event gives the address back. Without this the
+    unique key would fail the step again and again and stop indexing."""
+    holder = conn.execute(
+        "SELECT id FROM artist_coins WHERE contract_address = %s AND id IS DISTINCT FROM %s",
+        (address, keep),
+    ).fetchone()
+    if holder is None:
+        return
+    _snapshot(conn, chain_id, event, "artist_coins", holder[0])
+    conn.execute(
+        "UPDATE artist_coins SET contract_address = NULL, deployed_at = NULL WHERE id = %s",
+        (holder[0],),
+    )
+    log.warning(
+        "coin_address_moved",
+        address=address,
+        from_coin=str(holder[0]),
+        block=event.block_number,
+        log_index=event.log_index,
+    )
 
 
 _ShareImage = tuple[uuid.UUID, str | None, str | None]

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from indexer import query
+from indexer.cli import add_config_option
 from indexer.config import load_settings
 from indexer.db import create_engine
 from indexer.errors import IndexerError
@@ -130,9 +131,12 @@ def _events(engine: sa.Engine, a: argparse.Namespace) -> tuple[Any, str]:
     )
 
 
+JSON_HELP = "print JSON instead of a table"
+
+
 def add_query_parser(commands: Any) -> None:
     parser = commands.add_parser("query", help="read the synced data (tables, or --json)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help=JSON_HELP)
     sub = parser.add_subparsers(dest="query", metavar="WHAT", required=True)
 
     def paged(p: argparse.ArgumentParser, limit: int = 100) -> None:
@@ -164,6 +168,11 @@ def add_query_parser(commands: Any) -> None:
     p.add_argument("--type", help="only this event type (e.g. Transfer)")
     paged(p, limit=20)
     p.set_defaults(query_handler=_events)
+    for what in sub.choices.values():
+        # `query master X --json` as well as `query --json master X`; SUPPRESS keeps an absent
+        # flag from undoing one given before the sub-command.
+        what.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=JSON_HELP)
+        add_config_option(what, after_command=True)
     parser.set_defaults(handler=run_query)
 
 

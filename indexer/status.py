@@ -58,17 +58,23 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         # cursor; status derives the same halt from the same rows, so it survives restarts.
         others = store.other_chains(conn, chain) if chain is not None and state is None else []
         pending = pending_count(conn, chain) if chain is not None else 0
-        ignored_row = (
+        stored_row = (
             conn.execute(
-                "SELECT ignored_logs FROM indexer_state WHERE chain_id = %s", (chain,)
+                "SELECT ignored_logs, head_block FROM indexer_state WHERE chain_id = %s", (chain,)
             ).fetchone()
             if chain is not None
             else None
         )
     indexed = state.indexed_block if state else None
+    # The node's head when it answers; otherwise the head the daemon saw last (it stores it on
+    # every poll), so `status` without AUDIFI_RPC_URL still reports head and lag.
+    head_source = "node" if head is not None else None
+    if head is None and stored_row is not None and stored_row[1] is not None:
+        head, head_source = int(stored_row[1]), "stored"
     return {
         "chain_id": chain,
         "head_block": head,
+        "head_source": head_source,
         "indexed_block": indexed,
         "indexed_hash": state.indexed_hash if state else None,
         "lag_blocks": (head - indexed) if head is not None and indexed is not None else None,
@@ -78,7 +84,7 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         else (store.foreign_chain_reason(others[0], chain) if others and chain else None),
         "pending": pending,
         "dead_letters": counts.get("dead_letters", 0),
-        "ignored_logs": int(ignored_row[0]) if ignored_row else 0,
+        "ignored_logs": int(stored_row[0]) if stored_row else 0,
         "events": counts.get("events", 0),
         "registered_contracts": counts.get("contracts", 0),
         "window": {
@@ -102,6 +108,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [
         f"chain id         {_show(status['chain_id'])}",
         f"node head        {_show(status['head_block'])}"
+        + ("  (last seen by the daemon)" if status["head_source"] == "stored" else "")
         + (f"  (RPC error: {status['rpc_error']})" if status["rpc_error"] else ""),
         f"indexed block    {_show(status['indexed_block'])}  {status['indexed_hash'] or ''}",
         f"lag              {_show(status['lag_blocks'])} blocks",

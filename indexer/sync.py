@@ -356,6 +356,14 @@ def _new_registration_targets(
 
 
 # ---------------------------------------------------------------------------- validation
+def avoid_current_endpoint(source: ChainSource, reason: str) -> None:
+    """After an answer failed the engine's checks (or showed a node behind): the source's
+    next request goes to another endpoint, where it has several (``avoid_current``)."""
+    avoid = getattr(source, "avoid_current", None)
+    if avoid is not None:
+        avoid(reason)
+
+
 def _inconsistent(rule: str, **values: Any) -> InconsistentResponseError:
     return InconsistentResponseError(rule, values)
 
@@ -541,6 +549,9 @@ class _Prefetch:
                 self.result = prepare_final_range(
                     source, trust, registrations, self.first, self.last
                 )
+        except InconsistentResponseError as exc:
+            avoid_current_endpoint(source, str(exc))  # this thread's next range: another one
+            self.result = None
         except Exception:
             self.result = None  # the step redoes the work and meets the error itself
 
@@ -684,7 +695,15 @@ class Syncer:
         self._ahead_offer, self._ahead = self._ahead, None
         try:
             with gc_paused():
-                return self._step()
+                result = self._step()
+            if result.outcome is Outcome.NODE_BEHIND:
+                avoid_current_endpoint(self.source, result.reason or "node behind")
+            return result
+        except InconsistentResponseError as exc:
+            # Checked after the source answered, so its own failover did not see it: the next
+            # try goes to another endpoint where several are configured (SPEC §4.4).
+            avoid_current_endpoint(self.source, str(exc))
+            raise
         finally:
             if self._ahead_offer is not None:  # planned ahead for a batch this step did not write
                 self._ahead_offer = None

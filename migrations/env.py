@@ -1,7 +1,8 @@
 """Alembic environment for the AudiFi schema.
 
 The connection comes, in this order, from ``config.attributes["connection"]`` (set by
-``audifi-indexer migrate`` and the tests), ``-x url=…``, or ``AUDIFI_DATABASE_URL``.
+``audifi-indexer migrate`` and the tests), ``-x url=…``, the config's ``sqlalchemy.url`` (the
+alembic Python API: ``cfg.set_main_option("sqlalchemy.url", url)``), or ``AUDIFI_DATABASE_URL``.
 Partitions of ``analytics_events`` are created by the migrations and kept by the daemon; they
 are not described in the metadata, so autogenerate is told to look past them.
 """
@@ -37,13 +38,15 @@ def _configure(connection: sa.Connection) -> None:
 
 
 def _url() -> str:
-    url = context.get_x_argument(as_dictionary=True).get("url") or os.environ.get(
-        "AUDIFI_DATABASE_URL"
+    url = (
+        context.get_x_argument(as_dictionary=True).get("url")
+        or config.get_main_option("sqlalchemy.url")
+        or os.environ.get("AUDIFI_DATABASE_URL")
     )
     if not url:
         raise SystemExit(
-            "alembic: no database URL. Set AUDIFI_DATABASE_URL=postgresql://user@host/db "
-            "or pass -x url=postgresql://…"
+            "alembic: no database URL. Set AUDIFI_DATABASE_URL=postgresql://user@host/db, "
+            "pass -x url=postgresql://… or set sqlalchemy.url in the alembic config"
         )
     return sqlalchemy_url(url)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,30 @@ def test_rewind_above_the_cursor_is_refused_and_changes_nothing(database_url: st
     with connect(database_url) as conn:
         state = store.load_state(conn, 31337)
     assert state is not None and (state.indexed_block, state.indexed_hash) == (10, "0xaa")
+
+
+@pytest.mark.parametrize("before_command", [True, False])
+def test_config_option_before_or_after_the_command(tmp_path: Path, before_command: bool) -> None:
+    missing = tmp_path / "absent.toml"
+    for command in (("migrate",), ("status", "--json"), ("query", "status"), ("run",)):
+        option = ("--config", str(missing))
+        args = (*option, *command) if before_command else (*command, *option)
+        assert_clear(run(*args), 2, str(missing), "config file not found")
+
+
+def test_commands_on_a_database_without_the_schema_say_migrate(empty_database_url: str) -> None:
+    env = {"AUDIFI_DATABASE_URL": empty_database_url}
+    commands = (("status", "--json"), ("query", "status", "--json"), ("query", "--json", "status"))
+    for args in commands:
+        assert_clear(run(*args, env=env), 2, "no indexer schema", "audifi-indexer migrate")
+
+
+@pytest.mark.anvil
+def test_run_against_a_database_that_does_not_exist_stops_clearly(anvil: Any) -> None:
+    """A wrong database name is a configuration error, not an outage: no waiting forever."""
+    env = {
+        "AUDIFI_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/audifi_no_such_database",
+        "AUDIFI_RPC_URL": anvil.url,
+        "AUDIFI_HTTP_PORT": "0",
+    }
+    assert_clear(run("run", env=env), 2, "audifi_no_such_database", "does not exist")

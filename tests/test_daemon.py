@@ -392,7 +392,17 @@ def test_status_json_and_table(world: World, spawn: Callable[..., Proc]) -> None
     assert status["halted"] is False
     assert status["pending"] == pending
     assert status["dead_letters"] == 1
+    assert status["head_source"] == "node"
     world.assert_consistent(up_to=head)
+
+    # Without an RPC URL: the head the daemon saw last (stored on every poll), marked as such.
+    offline = {k: v for k, v in env.items() if k != "AUDIFI_RPC_URL"}
+    result = cli(offline, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    stored = json.loads(result.stdout)
+    assert (stored["head_block"], stored["lag_blocks"]) == (head, 0)
+    assert stored["head_source"] == "stored"
+    assert stored["indexed_block"] == head and stored["pending"] == pending
 
     table = cli(env, "status")
     assert table.returncode == 0, table.stderr

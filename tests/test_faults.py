@@ -77,6 +77,42 @@ def test_log_block_hash_differs_from_header(
     assert h.stored() == h.expected()
 
 
+def test_inconsistent_endpoint_is_left_for_the_next_one(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    """Two endpoints, the first one's logs always disagree with its headers: after the first
+    failed step the engine reads from the second (SPEC §4.4: retried on another endpoint)."""
+    h = make_harness()
+    _activity(h)
+    liar = rpc_proxy_factory(h.node.url).rewrite_log_block_hash(once=False)
+    honest = rpc_proxy_factory(h.node.url)
+    h.use_rpc(liar.url, honest.url, max_attempts=1)
+    with pytest.raises(InconsistentResponseError, match="log block hash differs"):
+        h.syncer.step()
+    assert h.stored() == [] and h.state().indexed_block is None
+    h.sync(max_steps=50)
+    assert h.stored() == h.expected()
+    assert "eth_getLogs" in honest.requests
+
+
+def test_endpoint_behind_the_stored_head_is_left_for_the_next_one(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    h = make_harness()
+    _activity(h, 3)
+    h.sync()
+    indexed = h.state().indexed_block
+    assert indexed is not None
+    _activity(h, 3)
+    lagging = rpc_proxy_factory(h.node.url).stale_head(indexed - 2)
+    healthy = rpc_proxy_factory(h.node.url)
+    h.use_rpc(lagging.url, healthy.url, max_attempts=1)
+    assert h.syncer.step().outcome is Outcome.NODE_BEHIND
+    results = h.sync(max_steps=50)
+    assert results[-1].outcome is Outcome.CAUGHT_UP
+    assert h.stored() == h.expected()
+
+
 class SplitSource:
     """A load balancer sending ``eth_blockNumber`` to one node and the rest to another."""
 

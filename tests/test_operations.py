@@ -687,6 +687,79 @@ def test_postgres_restart_mid_backfill(
     )
 
 
+@pytest.mark.slow
+def test_daemon_started_before_postgres_waits_for_it(
+    make_world: MakeWorld, private_postgres: LocalPostgres, daemons: StartDaemon
+) -> None:
+    """PostgreSQL down when the daemon starts: it stays up, unready, and indexes once the
+    server answers (SPEC §4.5); a wrong database name is a clear error instead (test_cli)."""
+    world = make_world(private_postgres.url)
+    world.activity(masters=2, mints=6, dividends=2)
+    private_postgres.stop()
+    daemon = daemons(world.env(), "pgfirst")
+    daemon.wait_logged("database_unavailable", timeout=15)
+    status, body = daemon.http("/readyz")
+    assert status == 503, body
+    assert daemon.http("/healthz")[0] == 200, "liveness must hold while the database is down"
+    time.sleep(1.0)
+    daemon.check_alive()
+    private_postgres.start()
+    daemon.wait_indexed(world.head(), timeout=30)
+    wait_for(lambda: daemon.http("/readyz")[0] == 200, 10, "/readyz 200", 0.1, daemon.tail)
+    world.assert_complete()
+
+
+def test_failover_from_an_inconsistent_endpoint(
+    world: World, rpc_proxy_factory: Callable[..., RpcProxy], daemons: StartDaemon
+) -> None:
+    """AUDIFI_RPC_URL lists two endpoints; the first answers every eth_getLogs with block
+    hashes that differ from its headers. The daemon moves to the second and completes."""
+    world.activity(masters=2, mints=8, dividends=3)
+    liar = rpc_proxy_factory(world.node.url).rewrite_log_block_hash(once=False)
+    honest = rpc_proxy_factory(world.node.url)
+    daemon = daemons(world.env(rpc_url=f"{liar.url},{honest.url}"), "failover")
+    daemon.wait_indexed(world.head(), timeout=30)
+    world.assert_complete()
+    assert daemon.logged("rpc_endpoint_avoided"), "no switch away from the lying endpoint"
+
+
+def test_pending_gauge_follows_a_backfill(
+    world: World, rpc_proxy_factory: Callable[..., RpcProxy], daemons: StartDaemon
+) -> None:
+    """An event waiting for its master's row shows in audifi_indexer_pending_events while the
+    daemon is still catching up, not only once it reached the head (SPEC §3)."""
+    world.activity(masters=1, mints=3, dividends=0)
+    unknown = uuid.uuid4()  # no masters row: the deposit waits
+    send_tx(world.w3, world.contracts.distributor.functions.record(unknown.bytes, 5))
+    world.node.mine(150)
+    head = world.head()
+    proxy = rpc_proxy_factory(world.node.url).delay(0.02)
+    daemon = daemons(world.env(rpc_url=proxy.url, max_block_range=3), "pending")
+    seen: list[tuple[float, float]] = []
+
+    def pending_seen_mid_backfill() -> bool:
+        daemon.check_alive()
+        indexed = daemon.metric("audifi_indexer_indexed_block") or 0
+        pending = daemon.metric("audifi_indexer_pending_events") or 0
+        if indexed >= head:
+            raise AssertionError(f"caught up before the gauge moved: {seen[-5:]}")
+        seen.append((indexed, pending))
+        return pending == 1
+
+    wait_for(pending_seen_mid_backfill, 30, "pending gauge at 1 mid-backfill", 0.05, daemon.tail)
+    proxy.clear()
+    daemon.wait_indexed(head, timeout=30)
+    with world.db() as conn:
+        conn.execute(
+            "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'Late')",
+            (unknown, world.artist),
+        )
+    wait_for(
+        lambda: daemon.metric("audifi_indexer_pending_events") == 0,
+        10, "pending gauge back at 0 once the row exists", 0.1, daemon.tail,
+    )  # fmt: skip
+
+
 def test_hot_standby_takes_over_after_kill_9(world: World, daemons: StartDaemon) -> None:
     world.activity(masters=2, mints=10, dividends=3)
     a = daemons(world.env(), "leader")

@@ -291,6 +291,55 @@ def test_weird_coins_still_get_a_row(
     assert context["coin"]["totalSupplyUnits"] == str(10**30 + 5)
 
 
+def test_coin_supply_too_large_for_the_column_does_not_stop_indexing(
+    make_harness: MakeHarness,
+) -> None:
+    h = make_harness()
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    units = 2**256 - 1  # 78 whole digits with decimals() = 0: NUMERIC(78,18) holds 60
+    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Huge"]), encode(["string"], ["HUGE"]),
+                  units, 0, False)  # fmt: skip
+    artist = add_user(h)
+    _announce(h, forger, artist, coin.address.lower())
+    h.sync()
+    assert h.state().indexed_block == h.head()
+    row = h.conn.execute(
+        "SELECT name, total_supply, contract_address FROM artist_coins WHERE artist_id = %s",
+        (artist,),
+    ).fetchone()
+    assert row == ("Huge", Decimal(0), coin.address.lower())
+    context = h.conn.execute("SELECT context FROM indexer_events").fetchone()[0]
+    assert context["coin"]["totalSupplyUnits"] == str(units)
+    assert any("does not fit" in note for note in context["coin"]["notes"])
+
+
+def test_coin_address_announced_again_moves_to_the_new_artist_and_back_on_reorg(
+    make_harness: MakeHarness,
+) -> None:
+    """The unique contract address must not stop indexing when the trusted factory names one
+    contract twice: the later announcement wins; a reorg of it gives the address back."""
+    h = make_harness()
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Twice"]), encode(["string"], ["TWO"]),
+                  10**18, 18, False)  # fmt: skip
+    first, second = add_user(h), add_user(h)
+    _announce(h, forger, first, coin.address.lower())
+    h.sync()
+    before = domain_tables(h.conn)
+    _announce(h, forger, second, coin.address.lower())
+    h.sync()
+    assert h.state().indexed_block == h.head()
+    holders = dict(
+        h.conn.execute("SELECT artist_id, contract_address FROM artist_coins").fetchall()
+    )
+    assert holders == {first: None, second: coin.address.lower()}
+    anvil_reorg(h.node, 1, [])
+    h.sync()
+    assert domain_tables(h.conn) == before
+
+
 def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness) -> None:
     h = make_harness()
     artist, other = add_user(h), add_user(h)

@@ -128,6 +128,9 @@ def test_cli(synced: dict[str, Any]) -> None:
     doc = json.loads(_cli(url, "--json", "dividends", master).stdout)
     assert doc["total_wei"] == 2**256 + 6 and doc["count"] == 2
     assert json.loads(_cli(url, "--json", "master", synced["contract"]).stdout)["id"] == master
+    # --json after the sub-command means the same
+    assert json.loads(_cli(url, "master", synced["contract"], "--json").stdout)["id"] == master
+    assert json.loads(_cli(url, "dividends", master, "--json").stdout) == doc
     shares = json.loads(_cli(url, "--json", "shares", "--wallet", synced["bob_w"]).stdout)
     assert [s["token_id"] for s in shares["items"]] == [5]
     assert json.loads(_cli(url, "--json", "coin", str(synced["artist"])).stdout)["symbol"] == "STR"

@@ -530,6 +530,22 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
     assert again.up_to_date
 
 
+def test_plain_alembic_api_with_sqlalchemy_url(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stock alembic way: a Config from alembic.ini with ``sqlalchemy.url`` set."""
+    from alembic.config import Config
+
+    monkeypatch.delenv("AUDIFI_DATABASE_URL", raising=False)
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("sqlalchemy.url", empty_database_url)
+    command.upgrade(cfg, "head")
+    assert migrate.schema_version(empty_database_url).up_to_date
+    assert "nft_shares" in _objects(empty_database_url)["relations"]
+    command.downgrade(cfg, "base")
+    assert _objects(empty_database_url) == {"relations": [], "types": []}
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "indexer", *args],

@@ -18,7 +18,8 @@ Guarantees:
   :class:`~indexer.chain.errors.RateLimitedError` is raised instead of sleeping.
 - :class:`~indexer.chain.errors.FatalRpcError`, :class:`~indexer.chain.errors.RangeTooLargeError`
   and :class:`~indexer.chain.errors.CallRevertedError` are raised at once, never retried.
-- The endpoint that last answered stays the current one (sticky) until it fails.
+- The endpoint that last answered stays the current one (sticky) until it fails, or until the
+  caller finds its answer inconsistent (:meth:`HttpChainSource.avoid_current`).
 - Each retry is logged as ``rpc_retry`` (method, masked endpoint, outcome, attempt, wait).
 - Not thread-safe: one source per thread.
 """
@@ -286,6 +287,23 @@ class HttpChainSource:
             endpoint.client.close()
 
     # ---------------------------------------------------------------- extras
+
+    def avoid_current(self, reason: str) -> None:
+        """Move past the current endpoint: its answer passed this source but failed the
+        caller's checks (a log's block hash differs from the header, a null header, a head
+        below the stored one — a lagging node behind a load balancer). The next request goes
+        to the next endpoint, which stays current while it answers well (sticky). No-op with
+        one endpoint."""
+        if len(self._endpoints) < 2:
+            return
+        left = self._endpoints[self._current]
+        self._move_past(left)
+        log.warning(
+            "rpc_endpoint_avoided",
+            endpoint=mask_endpoint(left.client.url),
+            next_endpoint=mask_endpoint(self._endpoints[self._current].client.url),
+            reason=reason[:300],
+        )
 
     def request(self, method: str, params: Sequence[Any]) -> Any:
         """Any JSON-RPC method, raw result, with the same failover and retries."""
