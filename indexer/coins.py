@@ -100,6 +100,13 @@ def units_to_decimal(units: int, decimals: int) -> tuple[str, bool]:
     return ("-" if negative else "") + text, cut
 
 
+def storable_supply(supply: str) -> str:
+    """``supply`` (a decimal string) when ``artist_coins.total_supply`` NUMERIC(78,18) can hold
+    it, else ``"0"`` (more than :data:`SUPPLY_WHOLE_DIGITS` whole digits)."""
+    whole = supply.lstrip("-").split(".", 1)[0]
+    return supply if len(whole) <= SUPPLY_WHOLE_DIGITS else "0"
+
+
 def _call(source: ChainSource, address: str, fn: str, block_hash: str) -> tuple[bytes | None, str]:
     try:
         result = source.call(address, SELECTORS[fn], block_hash)
@@ -147,7 +154,7 @@ def read_coin(source: ChainSource, address: str, block_hash: str) -> CoinInfo:
     supply, cut = units_to_decimal(units, decimals)
     if cut:
         notes.append(f"total supply cut to {SUPPLY_SCALE} decimals (token has {decimals})")
-    if len(supply.split(".")[0]) > SUPPLY_WHOLE_DIGITS:
+    if storable_supply(supply) != supply:
         notes.append(
             f"total supply {supply} does not fit NUMERIC(78,18) (more than "
             f"{SUPPLY_WHOLE_DIGITS} whole digits); stored as 0, the exact totalSupply() is "

@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 import structlog
 
 from indexer import foreign_keys, migrate, store
@@ -56,6 +57,9 @@ WAIT_SLICE = 0.2
 READER_CONNECT_TIMEOUT = 10
 """Seconds the engine's reader connection (backfill batches planned ahead) may take to open;
 a failure only costs that batch's plan."""
+CONNECT_TIMEOUT = 10
+"""Seconds any other connection attempt may take (libpq's default waits about two minutes on a
+host that drops packets, during which the loop would not beat /healthz)."""
 
 
 # Connection errors that are configuration mistakes, not outages: at start-up the daemon stops
@@ -202,7 +206,7 @@ class Daemon:
         backoff = Backoff()
         while True:
             try:
-                conn = connect(self.database_url)
+                conn = connect(self.database_url, connect_timeout=CONNECT_TIMEOUT)
                 self.health.set_database(True)
                 return conn
             except psycopg.OperationalError as exc:
@@ -231,11 +235,13 @@ class Daemon:
         backoff = Backoff()
         while True:
             try:
-                version = migrate.schema_version(self.database_url)
+                version = migrate.schema_version(self.database_url, CONNECT_TIMEOUT)
                 break
             except DatabaseUnavailableError as exc:
                 if CONFIGURATION_FAILURES.search(str(exc.__cause__ or exc)):
                     raise  # wrong database, role or password: waiting will not fix it
+                self._database_unavailable(exc, backoff)
+            except sa.exc.OperationalError as exc:  # connected, then the server went away
                 self._database_unavailable(exc, backoff)
         self.health.set_database(True)
         if not version.up_to_date:

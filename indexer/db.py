@@ -26,12 +26,21 @@ def libpq_url(url: str) -> str:
     return urlunsplit(("postgresql", *parts[1:]))
 
 
-def create_engine(url: str, *, pool_size: int = 5, echo: bool = False) -> sa.Engine:
-    """An engine for the indexer: psycopg 3, pre-ping on checkout, UTC sessions."""
+def create_engine(
+    url: str, *, pool_size: int = 5, echo: bool = False, connect_timeout: int | None = None
+) -> sa.Engine:
+    """An engine for the indexer: psycopg 3, pre-ping on checkout, UTC sessions;
+    ``connect_timeout`` (seconds) overrides the URL's / libpq's."""
+    connect_args: dict[str, object] = {
+        "options": "-c timezone=UTC",
+        "application_name": "audifi-indexer",
+    }
+    if connect_timeout is not None:
+        connect_args["connect_timeout"] = connect_timeout
     return sa.create_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         pool_pre_ping=True,
         echo=echo,
-        connect_args={"options": "-c timezone=UTC", "application_name": "audifi-indexer"},
+        connect_args=connect_args,
     )

@@ -103,8 +103,8 @@ def downgrade(database_url: str, revision: str = "base") -> None:
         engine.dispose()
 
 
-def schema_version(database_url: str) -> SchemaVersion:
-    engine = create_engine(database_url, pool_size=1)
+def schema_version(database_url: str, connect_timeout: int | None = None) -> SchemaVersion:
+    engine = create_engine(database_url, pool_size=1, connect_timeout=connect_timeout)
     try:
         with _connect(engine) as conn:
             return SchemaVersion(current=current_revision(conn), head=head_revision())

@@ -45,7 +45,7 @@ import psycopg
 
 from indexer import foreign_keys, store
 from indexer.chain.source import ChainSource
-from indexer.coins import read_coin
+from indexer.coins import read_coin, storable_supply
 from indexer.decode import EventType
 from indexer.ids import ordered_uuids
 from indexer.logs import get_logger
@@ -867,17 +867,21 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
     """Apply an ``ArtistCoinDeployed``; False when it must wait (no coin row, no artist)."""
     artist = uuid.UUID(event.args["artistId"])
     coin = (event.context or {}).get("coin") or {}
-    values = (
-        event.args["contractAddress"],
-        event.block_time,
-        coin.get("name", ""),
-        coin.get("symbol", ""),
-        coin.get("totalSupply", "0"),
-    )
+    address: str | None = event.args["contractAddress"]
+    deployed_at: dt.datetime | None = event.block_time
     row = conn.execute("SELECT id FROM artist_coins WHERE artist_id = %s", (artist,)).fetchone()
     if row is None and not _existing(conn, "users", [artist]):
         return False
-    _release_coin_address(conn, chain_id, event, values[0], row[0] if row else None)
+    assert address is not None
+    if not _take_coin_address(conn, chain_id, event, address, row[0] if row else None):
+        address = deployed_at = None  # as if a later announcement had taken it already
+    values = (
+        address,
+        deployed_at,
+        coin.get("name", ""),
+        coin.get("symbol", ""),
+        storable_supply(str(coin.get("totalSupply", "0"))),
+    )
     if row is not None:
         _snapshot(conn, chain_id, event, "artist_coins", row[0])
         conn.execute(
@@ -900,19 +904,30 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
     return True
 
 
-def _release_coin_address(
+def _take_coin_address(
     conn: store.Conn, chain_id: int, event: _AnyEvent, address: str, keep: uuid.UUID | None
-) -> None:
-    """Another artist's coin row holding ``address`` (unique) gives it up: the trusted factory
-    announced that contract again, for this artist, and the chain wins (SPEC §8). Its
-    before-image is kept, so a reorg of this event gives the address back. Without this the
-    unique key would fail the step again and again and stop indexing."""
+) -> bool:
+    """May ``event`` set ``address`` on its artist's coin row (``keep``)? The address is
+    unique, and the trusted factory may announce one contract twice: the announcement latest
+    in chain order holds it (the chain wins, SPEC §8), whatever order they are applied in (an
+    event waiting for its artist is applied late). So another row holding ``address`` gives it
+    up (before-image kept: a reorg of this event gives it back) unless an applied announcement
+    later in chain order gave it; then this event's row gets no address. Without this the
+    unique key would fail the step on every retry and stop indexing."""
     holder = conn.execute(
         "SELECT id FROM artist_coins WHERE contract_address = %s AND id IS DISTINCT FROM %s",
         (address, keep),
     ).fetchone()
     if holder is None:
-        return
+        return True
+    later = conn.execute(
+        "SELECT 1 FROM indexer_events WHERE chain_id = %s AND event_type = 'ArtistCoinDeployed' "
+        "AND applied AND args->>'contractAddress' = %s AND (block_number, log_index) > (%s, %s) "
+        "LIMIT 1",
+        (chain_id, address, event.block_number, event.log_index),
+    ).fetchone()
+    if later is not None:
+        return False
     _snapshot(conn, chain_id, event, "artist_coins", holder[0])
     conn.execute(
         "UPDATE artist_coins SET contract_address = NULL, deployed_at = NULL WHERE id = %s",
@@ -925,6 +940,7 @@ def _release_coin_address(
         block=event.block_number,
         log_index=event.log_index,
     )
+    return True
 
 
 _ShareImage = tuple[uuid.UUID, str | None, str | None]
@@ -987,6 +1003,15 @@ def restore_snapshots(conn: store.Conn, chain_id: int, above: int) -> None:
         if before is None:
             conn.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
             continue
+        if table == "artist_coins" and before.get("contract_address"):
+            # Restored newest first, by position; an announcement applied late (it waited for
+            # its artist) may have moved the address out of that order: whoever holds it now
+            # gives it up, so the unique key cannot stop a rollback.
+            conn.execute(
+                "UPDATE artist_coins SET contract_address = NULL, deployed_at = NULL "
+                "WHERE contract_address = %s AND id <> %s",
+                (before["contract_address"], row_id),
+            )
         assignments = ", ".join(f"{c} = r.{c}" for c in columns)
         conn.execute(
             f"UPDATE {table} t SET {assignments} FROM jsonb_populate_record(NULL::{table}, %s) r"

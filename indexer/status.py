@@ -77,7 +77,7 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         "head_source": head_source,
         "indexed_block": indexed,
         "indexed_hash": state.indexed_hash if state else None,
-        "lag_blocks": (head - indexed) if head is not None and indexed is not None else None,
+        "lag_blocks": _lag(head, indexed, head_source),
         "halted": bool(state.halted) if state else bool(others),
         "halt_reason": state.halt_reason
         if state
@@ -97,6 +97,14 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
         "schema": {"current": version.current, "head": version.head},
         "rpc_error": rpc_error,
     }
+
+
+def _lag(head: int | None, indexed: int | None, head_source: str | None) -> int | None:
+    """Blocks the index is behind; from a stored head never below 0 (the daemon may have
+    stored a lagging node's head before finding it behind)."""
+    if head is None or indexed is None:
+        return None
+    return max(0, head - indexed) if head_source == "stored" else head - indexed
 
 
 def _show(value: object) -> str:

@@ -340,6 +340,48 @@ def test_coin_address_announced_again_moves_to_the_new_artist_and_back_on_reorg(
     assert domain_tables(h.conn) == before
 
 
+def test_coin_announced_again_while_an_earlier_announcement_waits(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """The announcement latest in chain order holds a contract address, whatever order the
+    announcements are applied in: one that waited for its artist and is applied after a
+    later one gets no address. Rebuild, a reorg and a fresh index all agree."""
+    h = make_harness(finality_depth=16)
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Thrice"]), encode(["string"], ["TRI"]),
+                  10**18, 18, False)  # fmt: skip
+    address = coin.address.lower()
+    late, first, backend = uuid.uuid4(), add_user(h), add_user(h)
+    h.conn.execute(
+        "INSERT INTO artist_coins (artist_id, name, symbol, total_supply) "
+        "VALUES (%s, 'Planned', 'PLN', 5)",
+        (backend,),
+    )
+    _announce(h, forger, late, address)  # waits: the artist has no user row yet
+    _announce(h, forger, first, address)
+    h.sync()
+    _announce(h, forger, backend, address)  # the backend's row takes it from `first`
+    h.sync()
+    add_user(h, user_id=late)
+    assert h.syncer.reconcile() == 1
+
+    def holders() -> dict[uuid.UUID, str | None]:
+        rows = h.conn.execute("SELECT artist_id, contract_address FROM artist_coins").fetchall()
+        return dict(rows)
+
+    assert holders() == {late: None, first: None, backend: address}
+    tables = domain_tables(h.conn, coin_ids=False)
+    with h.conn.transaction():
+        projections.rebuild(h.conn, h.chain_id)
+    assert domain_tables(h.conn, coin_ids=False) == tables
+    anvil_reorg(h.node, 1, [])  # drops the backend's announcement: the address goes back
+    h.sync()
+    assert holders() == {late: None, first: address, backend: None}
+    fresh = fresh_serial_index(h, pg_template, trust=trust)["tables"]
+    assert fresh == domain_tables(h.conn, coin_ids=False)
+
+
 def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness) -> None:
     h = make_harness()
     artist, other = add_user(h), add_user(h)
