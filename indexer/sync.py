@@ -19,11 +19,14 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   whose block hash differs from the header at its height, or a range whose blocks do not link
   raise :class:`~indexer.chain.errors.InconsistentResponseError` naming the rule and values:
   nothing is written and the step can be retried. A node whose head is below the stored head
-  gives :attr:`Outcome.NODE_BEHIND`: nothing is deleted, the caller waits.
+  gives :attr:`Outcome.NODE_BEHIND`: nothing is deleted, the caller waits. Either way the
+  source's next request goes to its next endpoint, where it has several.
 * **Trust.** Only logs of the configured registry, dividend contracts and coin factory, and of
   master contracts the registry registered — from the registering log on, by (block, log
-  index) — are accepted. Other logs carrying AudiFi event signatures are counted as ignored and
-  leave no row. Trusted logs that do not decode become dead letters.
+  index) — are accepted. Other logs carrying AudiFi event signatures, and a master contract's
+  logs before its registration (those of earlier blocks fetched once, when the registration is
+  seen), are counted as ignored and leave no row. Trusted logs that do not decode become dead
+  letters.
 * **Backfill and live.** Blocks at or below the final boundary (``head - finality_depth``, or
   the node's ``finalized`` block when that is higher) are fetched in large ranges with headers
   only where needed; blocks above it are fetched with every header and stored in the window.
@@ -64,7 +67,7 @@ from typing import Any
 import psycopg
 
 from indexer import failpoints, store
-from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError
+from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError, RpcError
 from indexer.chain.http_source import gc_paused
 from indexer.chain.source import ChainSource
 from indexer.chain.types import BlockHeader, Log, LogFilter
@@ -79,7 +82,10 @@ from indexer.decode import (
     decode,
     decode_json,
 )
+from indexer.logs import get_logger
 from indexer.reorg import BlockRef, NodeMissingBlocksError, find_common_ancestor
+
+log = get_logger("audifi.sync")
 
 INITIAL_BACKFILL_RANGE = 100
 """First backfill range (blocks), before it adapts to the chain's density."""
@@ -453,17 +459,47 @@ def with_extra_logs(
     logs: list[Log],
     last: int,
     headers: dict[int, BlockHeader],
-) -> list[Log]:
+    start_block: int,
+) -> tuple[list[Log], int]:
     """``logs`` plus the logs of contracts registered inside them (unknown when the range
-    was fetched), from their registration block to ``last``, checked like the others."""
+    was fetched), from their registration block to ``last``, checked like the others; and
+    how many logs those contracts emitted from ``start_block`` up to the block before their
+    registration (:func:`count_logs_before_registration`)."""
     targets = _new_registration_targets(logs, trust, registrations)
     if not targets:
-        return logs
+        return logs, 0
     since = min(targets.values())
     (extra,), _ = source.fetch([LogFilter(since, last, addresses=tuple(sorted(targets)))], [])
     fetch_missing_headers(source, extra, headers)
     check_logs(extra, since, last, headers)
-    return merge_logs(logs, extra)
+    return merge_logs(logs, extra), count_logs_before_registration(source, targets, start_block)
+
+
+def count_logs_before_registration(
+    source: ChainSource, targets: dict[str, int], start_block: int
+) -> int:
+    """Logs the newly registered contracts (address → registration block) emitted in blocks
+    ``start_block`` … registration block − 1: ignored (a contract is trusted from its
+    registration log on) and only counted (SPEC §8); those of the registration block itself
+    are fetched with the range and counted by :func:`process_logs`. One ``eth_getLogs``.
+    Best effort: a count, never data — a node that refuses the request leaves them uncounted
+    (logged), and never fails the batch."""
+    before = {address: block for address, block in targets.items() if block > start_block}
+    if not before:
+        return 0
+    last = max(before.values()) - 1
+    try:
+        (found,), _ = source.fetch(
+            [LogFilter(start_block, last, addresses=tuple(sorted(before)))], []
+        )
+    except RpcError as exc:
+        log.warning(
+            "logs_before_registration_uncounted",
+            contracts=sorted(before),
+            error=str(exc)[:300],
+        )
+        return 0
+    return sum(1 for item in found if item.block_number < before.get(item.address, -1))
 
 
 @dataclass(slots=True)
@@ -489,9 +525,11 @@ def prepare_final_range(
     registrations: dict[str, store.Registration],
     first: int,
     last: int,
+    start_block: int,
 ) -> _Prepared:
     """Fetch, check and decode the final range ``first..last`` (narrowed on "too many
-    results"): the backfill step's work up to the database, the link to the cursor aside."""
+    results"): the backfill step's work up to the database, the link to the cursor aside.
+    ``start_block``: the first block indexed (logs before registrations are counted from it)."""
     addresses = tuple(sorted({*trust.addresses, *registrations}))
     narrowed = None
     while True:
@@ -507,8 +545,9 @@ def prepare_final_range(
     logs = merge_logs(*groups)
     fetch_missing_headers(source, logs, headers)
     check_logs(logs, first, last, headers)
-    logs = with_extra_logs(source, trust, registrations, logs, last, headers)
+    logs, before = with_extra_logs(source, trust, registrations, logs, last, headers, start_block)
     processed = process_logs(logs, headers, trust, registrations)
+    processed.ignored += before
     return _Prepared(
         first, last, make_filters(addresses, first, last), registrations, narrowed, logs,
         headers, processed,
@@ -529,9 +568,11 @@ class _Prefetch:
         registrations: dict[str, store.Registration],
         first: int,
         last: int,
+        start_block: int,
     ) -> None:
         self.first = first
         self.last = last
+        self.start_block = start_block
         self.result: _Prepared | None = None
         self.thread = threading.Thread(
             target=self._run,
@@ -547,7 +588,7 @@ class _Prefetch:
         try:
             with gc_paused():
                 self.result = prepare_final_range(
-                    source, trust, registrations, self.first, self.last
+                    source, trust, registrations, self.first, self.last, self.start_block
                 )
         except InconsistentResponseError as exc:
             avoid_current_endpoint(source, str(exc))  # this thread's next range: another one
@@ -829,7 +870,7 @@ class Syncer:
                 return
             source = self._prefetch_source = clone()
         last = min(bound, first + self._range - 1)
-        job = _Prefetch(source, self.trust, registrations, first, last)
+        job = _Prefetch(source, self.trust, registrations, first, last, self.options.start_block)
         self._prefetch = job
         self._prefetch_thread = job.thread
 
@@ -877,11 +918,15 @@ class Syncer:
         ):
             raise _Reorg()
 
-    def _extra_logs(self, logs: list[Log], last: int, headers: dict[int, BlockHeader]) -> list[Log]:
-        """Logs of contracts registered inside this range (unknown when it was fetched)."""
+    def _extra_logs(
+        self, logs: list[Log], last: int, headers: dict[int, BlockHeader]
+    ) -> tuple[list[Log], int]:
+        """Logs of contracts registered inside this range (unknown when it was fetched), and
+        the count of their logs before registration (see :func:`with_extra_logs`)."""
         return with_extra_logs(
-            self.source, self.trust, self._known_registrations(), logs, last, headers
-        )
+            self.source, self.trust, self._known_registrations(), logs, last, headers,
+            self.options.start_block,
+        )  # fmt: skip
 
     def _commit(
         self,
@@ -907,8 +952,9 @@ class Syncer:
             ahead = None
         if processed is None:
             check_logs(logs, first, last, headers)
-            logs = self._extra_logs(logs, last, headers)
+            logs, before = self._extra_logs(logs, last, headers)
             processed = process_logs(logs, headers, self.trust, self._known_registrations())
+            processed.ignored += before
         following: dict[str, store.Registration] = {}
         if bound is not None:
             self._adapt_range(last - first + 1, len(logs))

@@ -79,6 +79,33 @@ def test_spoofed_events_are_ignored_and_counted(make_harness: MakeHarness) -> No
     assert counts["dead_letters"] == 0 and counts["contracts"] == 0
 
 
+def test_logs_before_a_registration_are_ignored_and_counted(make_harness: MakeHarness) -> None:
+    """SPEC §8: a share contract's logs before its registration leave no row, only a count —
+    those of earlier blocks (fetched once, when the registration is seen) and those of the
+    registration's own block."""
+    h = make_harness()
+    owner = h.node.accounts[0]
+    shares = deploy(h.w3, "MasterShares", "Early", "E", owner)
+    holder = h.node.accounts[1]
+    for token in (1, 2, 3):
+        send_tx(h.w3, shares.functions.mint(holder, token))  # three blocks before it
+    h.node.mine(2)
+    registered = send_tx(
+        h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, shares.address)
+    )
+    send_tx(h.w3, shares.functions.mint(holder, 4))  # trusted from here on
+    h.sync()
+    assert h.stored() == h.expected()
+    assert _types(h.stored()) == ["MasterRegistered", "Transfer"]
+    early = h.w3.eth.get_logs(
+        {"address": shares.address, "fromBlock": 0, "toBlock": registered["blockNumber"] - 1}
+    )
+    assert len(early) == 4  # the three mints and Ownable's OwnershipTransferred at deployment
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == len(early)
+    counts = store.counts(h.conn, h.chain_id)
+    assert counts["dead_letters"] == 0 and counts["contracts"] == 1
+
+
 def test_registration_and_mints_in_the_same_block(make_harness: MakeHarness) -> None:
     h = make_harness()
     master_id = uuid.uuid4()
