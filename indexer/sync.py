@@ -472,34 +472,39 @@ def with_extra_logs(
     (extra,), _ = source.fetch([LogFilter(since, last, addresses=tuple(sorted(targets)))], [])
     fetch_missing_headers(source, extra, headers)
     check_logs(extra, since, last, headers)
-    return merge_logs(logs, extra), count_logs_before_registration(source, targets, start_block)
+    before = count_logs_before_registration(source, tuple(sorted(targets)), start_block, since)
+    if before:
+        before -= _counted_twice(logs, targets, since)
+    return merge_logs(logs, extra), before
 
 
 def count_logs_before_registration(
-    source: ChainSource, targets: dict[str, int], start_block: int
+    source: ChainSource, contracts: tuple[str, ...], start_block: int, since: int
 ) -> int:
-    """Logs the newly registered contracts (address → registration block) emitted in blocks
-    ``start_block`` … registration block − 1: ignored (a contract is trusted from its
-    registration log on) and only counted (SPEC §8); those of the registration block itself
-    are fetched with the range and counted by :func:`process_logs`. One ``eth_getLogs``.
-    Best effort: a count, never data — a node that refuses the request leaves them uncounted
-    (logged), and never fails the batch."""
-    before = {address: block for address, block in targets.items() if block > start_block}
-    if not before:
+    """Logs the newly registered ``contracts`` emitted in blocks ``start_block`` … ``since``
+    − 1, ``since`` being the earliest of their registration blocks: ignored (a contract is
+    trusted from its registration log on) and only counted (SPEC §8). From ``since`` on their
+    logs come with the range (:func:`with_extra_logs`), and :func:`process_logs` counts those
+    before each registration. One ``eth_getLogs``. Best effort: a count, never data — a node
+    that refuses the request leaves them uncounted (logged), and never fails the batch."""
+    if since <= start_block:
         return 0
-    last = max(before.values()) - 1
     try:
-        (found,), _ = source.fetch(
-            [LogFilter(start_block, last, addresses=tuple(sorted(before)))], []
-        )
+        (found,), _ = source.fetch([LogFilter(start_block, since - 1, addresses=contracts)], [])
     except RpcError as exc:
         log.warning(
             "logs_before_registration_uncounted",
-            contracts=sorted(before),
+            contracts=list(contracts),
             error=str(exc)[:300],
         )
         return 0
-    return sum(1 for item in found if item.block_number < before.get(item.address, -1))
+    return len(found)
+
+
+def _counted_twice(logs: Iterable[Log], targets: dict[str, int], since: int) -> int:
+    """Logs of the new contracts before ``since`` that the range's own answer already holds
+    (an AudiFi signature, fetched from any emitter): :func:`process_logs` counts those."""
+    return sum(1 for item in logs if item.block_number < since and item.address in targets)
 
 
 @dataclass(slots=True)

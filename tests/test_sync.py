@@ -106,6 +106,40 @@ def test_logs_before_a_registration_are_ignored_and_counted(make_harness: MakeHa
     assert counts["dead_letters"] == 0 and counts["contracts"] == 1
 
 
+def test_logs_before_registrations_are_counted_once(make_harness: MakeHarness) -> None:
+    """Two contracts registered at different blocks, with logs before, between and after the
+    registrations, one of them carrying an AudiFi signature (fetched from any emitter): every
+    log before its contract's registration is counted exactly once."""
+    from indexer.decode import TOPIC0, EventType
+
+    h = make_harness()
+    owner, holder = h.node.accounts[0], h.node.accounts[1]
+    registry = h.contracts.registry.functions
+    shares = deploy(h.w3, "MasterShares", "Early", "E", owner)
+    forger = deploy(h.w3, "EventForger")
+    dividend = [bytes.fromhex(TOPIC0[EventType.DIVIDEND_DEPOSITED][2:]), bytes(32)]
+    other = [bytes.fromhex("ab" * 32)]
+    send_tx(h.w3, shares.functions.mint(holder, 1))
+    send_tx(h.w3, forger.functions.emitRaw(dividend, (5).to_bytes(32, "big")))  # any emitter
+    send_tx(h.w3, forger.functions.emitRaw(other, b""))
+    first = send_tx(h.w3, registry.registerMaster(uuid.uuid4().bytes, shares.address))
+    send_tx(h.w3, shares.functions.mint(holder, 2))
+    send_tx(h.w3, forger.functions.emitRaw(other, b""))  # between the two registrations
+    send_tx(h.w3, forger.functions.emitRaw(dividend, (6).to_bytes(32, "big")))
+    second = send_tx(h.w3, registry.registerMaster(uuid.uuid4().bytes, forger.address))
+    h.sync()
+    assert h.stored() == h.expected()
+
+    def logs_before(address: str, block: int) -> int:
+        return len(h.w3.eth.get_logs({"address": address, "fromBlock": 0, "toBlock": block - 1}))
+
+    expected = logs_before(shares.address, first["blockNumber"]) + logs_before(
+        forger.address, second["blockNumber"]
+    )
+    assert expected == 2 + 4
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == expected
+
+
 def test_registration_and_mints_in_the_same_block(make_harness: MakeHarness) -> None:
     h = make_harness()
     master_id = uuid.uuid4()
