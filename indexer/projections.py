@@ -451,6 +451,7 @@ class AudifiProjector(Projector):
             (chain_id, ancestor),
         )
         restore_snapshots(conn, chain_id, above=ancestor)
+        _reclaim_coin_addresses(conn, chain_id, ancestor)
         exact: list[_ShareImage] = []
         derived: list[tuple[uuid.UUID, int]] = []
         for master, token, block, log_index in touched:
@@ -914,20 +915,20 @@ def _take_coin_address(
     up (before-image kept: a reorg of this event gives it back) unless an applied announcement
     later in chain order gave it; then this event's row gets no address. Without this the
     unique key would fail the step on every retry and stop indexing."""
+    later = conn.execute(
+        "SELECT 1 FROM indexer_events WHERE chain_id = %s AND address = %s "
+        "AND event_type = 'ArtistCoinDeployed' AND applied AND args->>'contractAddress' = %s "
+        "AND (block_number, log_index) > (%s, %s) LIMIT 1",
+        (chain_id, event.address, address, event.block_number, event.log_index),
+    ).fetchone()
+    if later is not None:  # even when that row has moved on to another address since
+        return False
     holder = conn.execute(
         "SELECT id FROM artist_coins WHERE contract_address = %s AND id IS DISTINCT FROM %s",
         (address, keep),
     ).fetchone()
     if holder is None:
         return True
-    later = conn.execute(
-        "SELECT 1 FROM indexer_events WHERE chain_id = %s AND event_type = 'ArtistCoinDeployed' "
-        "AND applied AND args->>'contractAddress' = %s AND (block_number, log_index) > (%s, %s) "
-        "LIMIT 1",
-        (chain_id, address, event.block_number, event.log_index),
-    ).fetchone()
-    if later is not None:
-        return False
     _snapshot(conn, chain_id, event, "artist_coins", holder[0])
     conn.execute(
         "UPDATE artist_coins SET contract_address = NULL, deployed_at = NULL WHERE id = %s",
@@ -941,6 +942,41 @@ def _take_coin_address(
         log_index=event.log_index,
     )
     return True
+
+
+def _reclaim_coin_addresses(conn: store.Conn, chain_id: int, ancestor: int) -> None:
+    """After the before-images above ``ancestor`` are restored: a contract address that a
+    rolled-back announcement held goes to the latest announcement of it that stays (at or
+    below ``ancestor``) — when that one was applied late and so got no address
+    (:func:`_take_coin_address`), its row would otherwise keep none, unlike a fresh index.
+    Only when that artist has no later announcement that stays and nobody holds the address."""
+    addresses = conn.execute(
+        "SELECT DISTINCT args->>'contractAddress' FROM indexer_events WHERE chain_id = %s "
+        "AND block_number > %s AND event_type = 'ArtistCoinDeployed' AND applied",
+        (chain_id, ancestor),
+    ).fetchall()
+    for (address,) in addresses:
+        kept = conn.execute(
+            "SELECT e.block_time, e.args->>'artistId', NOT EXISTS ("
+            "  SELECT 1 FROM indexer_events n WHERE n.chain_id = e.chain_id "
+            "  AND n.address = e.address AND n.event_type = 'ArtistCoinDeployed' AND n.applied "
+            "  AND n.args->>'artistId' = e.args->>'artistId' AND n.block_number <= %s "
+            "  AND (n.block_number, n.log_index) > (e.block_number, e.log_index)) "
+            "FROM indexer_events e WHERE e.chain_id = %s AND e.block_number <= %s "
+            "AND e.event_type = 'ArtistCoinDeployed' AND e.applied "
+            "AND e.args->>'contractAddress' = %s "
+            "ORDER BY e.block_number DESC, e.log_index DESC LIMIT 1",
+            (ancestor, chain_id, ancestor, address),
+        ).fetchone()
+        if kept is None or not kept[2]:  # none stays, or its artist moved on to another coin
+            continue
+        deployed_at, artist, _ = kept
+        conn.execute(
+            "UPDATE artist_coins SET contract_address = %s, deployed_at = %s "
+            "WHERE artist_id = %s AND contract_address IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM artist_coins WHERE contract_address = %s)",
+            (address, deployed_at, uuid.UUID(artist), address),
+        )
 
 
 _ShareImage = tuple[uuid.UUID, str | None, str | None]

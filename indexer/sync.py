@@ -472,9 +472,8 @@ def with_extra_logs(
     (extra,), _ = source.fetch([LogFilter(since, last, addresses=tuple(sorted(targets)))], [])
     fetch_missing_headers(source, extra, headers)
     check_logs(extra, since, last, headers)
-    before = count_logs_before_registration(source, tuple(sorted(targets)), start_block, since)
-    if before:
-        before -= _counted_twice(logs, targets, since)
+    counted = tuple(sorted(set(targets) - set(trust.addresses)))  # a static role wins
+    before = count_logs_before_registration(source, counted, start_block, since)
     return merge_logs(logs, extra), before
 
 
@@ -485,12 +484,16 @@ def count_logs_before_registration(
     − 1, ``since`` being the earliest of their registration blocks: ignored (a contract is
     trusted from its registration log on) and only counted (SPEC §8). From ``since`` on their
     logs come with the range (:func:`with_extra_logs`), and :func:`process_logs` counts those
-    before each registration. One ``eth_getLogs``. Best effort: a count, never data — a node
-    that refuses the request leaves them uncounted (logged), and never fails the batch."""
-    if since <= start_block:
+    before each registration. Logs with an AudiFi signature fetched from every emitter
+    (:data:`AUDIFI_TOPICS_ANY_EMITTER`) are left out: the range holding them counted them.
+    One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it). Best effort: a
+    count, never data — a node that refuses or fails the request leaves them uncounted
+    (logged), and never fails or holds up the batch."""
+    if since <= start_block or not contracts:
         return 0
+    fetch = getattr(source, "fetch_once", source.fetch)
     try:
-        (found,), _ = source.fetch([LogFilter(start_block, since - 1, addresses=contracts)], [])
+        (found,), _ = fetch([LogFilter(start_block, since - 1, addresses=contracts)], [])
     except RpcError as exc:
         log.warning(
             "logs_before_registration_uncounted",
@@ -498,13 +501,10 @@ def count_logs_before_registration(
             error=str(exc)[:300],
         )
         return 0
-    return len(found)
+    return sum(1 for item in found if not item.topics or item.topics[0] not in _ANY_EMITTER)
 
 
-def _counted_twice(logs: Iterable[Log], targets: dict[str, int], since: int) -> int:
-    """Logs of the new contracts before ``since`` that the range's own answer already holds
-    (an AudiFi signature, fetched from any emitter): :func:`process_logs` counts those."""
-    return sum(1 for item in logs if item.block_number < since and item.address in targets)
+_ANY_EMITTER = frozenset(AUDIFI_TOPICS_ANY_EMITTER)
 
 
 @dataclass(slots=True)

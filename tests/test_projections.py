@@ -382,6 +382,61 @@ def test_coin_announced_again_while_an_earlier_announcement_waits(
     assert fresh == domain_tables(h.conn, coin_ids=False)
 
 
+def test_late_announcement_loses_to_a_later_one_that_moved_on(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """The later announcement of X wins even when its artist's row has moved on to another
+    contract since: the late-applied earlier announcement gets no address."""
+    h = make_harness()
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    x, y = (
+        deploy(h.w3, "WeirdCoin", encode(["string"], [n]), encode(["string"], [n]), 10**18, 18,
+               False).address.lower()
+        for n in ("X", "Y")
+    )  # fmt: skip
+    late, other = uuid.uuid4(), add_user(h)
+    _announce(h, forger, late, x)  # waits for its artist
+    _announce(h, forger, other, x)
+    _announce(h, forger, other, y)  # `other` moves on: nobody holds X now
+    h.sync()
+    add_user(h, user_id=late)
+    assert h.syncer.reconcile() == 1
+    rows = dict(h.conn.execute("SELECT artist_id, contract_address FROM artist_coins").fetchall())
+    assert rows == {late: None, other: y}
+    fresh = fresh_serial_index(h, pg_template, trust=trust)["tables"]
+    assert fresh == domain_tables(h.conn, coin_ids=False)
+
+
+def test_reorg_of_the_later_announcement_gives_the_address_to_the_late_one(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """A late-applied announcement got no address because a later one held it; a reorg
+    removes the later one: the address goes to the late one's row, as in a fresh index."""
+    h = make_harness(finality_depth=16)
+    forger, trust = _coin_forger(h)
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Back"]), encode(["string"], ["BCK"]),
+                  10**18, 18, False)  # fmt: skip
+    address = coin.address.lower()
+    late, first = uuid.uuid4(), add_user(h)
+    _announce(h, forger, late, address)  # waits for its artist
+    h.sync()
+    _announce(h, forger, first, address)
+    h.sync()
+    add_user(h, user_id=late)
+    assert h.syncer.reconcile() == 1
+    query = "SELECT artist_id, contract_address, deployed_at IS NOT NULL FROM artist_coins"
+    rows = {r[0]: r[1:] for r in h.conn.execute(query).fetchall()}
+    assert rows == {late: (None, False), first: (address, True)}
+    anvil_reorg(h.node, 1, [])  # drops the later announcement
+    h.sync()
+    rows = {r[0]: r[1:] for r in h.conn.execute(query).fetchall()}
+    assert rows == {late: (address, True)}
+    fresh = fresh_serial_index(h, pg_template, trust=trust)["tables"]
+    assert fresh == domain_tables(h.conn, coin_ids=False)
+
+
 def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness) -> None:
     h = make_harness()
     artist, other = add_user(h), add_user(h)

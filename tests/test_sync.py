@@ -140,6 +140,30 @@ def test_logs_before_registrations_are_counted_once(make_harness: MakeHarness) -
     assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == expected
 
 
+def test_log_counted_in_an_earlier_batch_is_not_counted_again(make_harness: MakeHarness) -> None:
+    """A contract's AudiFi-signature log (fetched from every emitter) is counted by the batch
+    holding it; the contract's registration, indexed later, counts only its other logs."""
+    from indexer.decode import TOPIC0, EventType
+
+    h = make_harness()
+    forger = deploy(h.w3, "EventForger")
+    dividend = [bytes.fromhex(TOPIC0[EventType.DIVIDEND_DEPOSITED][2:]), bytes(32)]
+    send_tx(h.w3, forger.functions.emitRaw(dividend, (5).to_bytes(32, "big")))
+    send_tx(h.w3, forger.functions.emitRaw([bytes.fromhex("cd" * 32)], b""))
+    h.sync()
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 1
+    registered = send_tx(
+        h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, forger.address)
+    )
+    h.sync()
+    assert h.stored() == h.expected()
+    before = h.w3.eth.get_logs(
+        {"address": forger.address, "fromBlock": 0, "toBlock": registered["blockNumber"] - 1}
+    )
+    assert len(before) == 2
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 2
+
+
 def test_registration_and_mints_in_the_same_block(make_harness: MakeHarness) -> None:
     h = make_harness()
     master_id = uuid.uuid4()

@@ -186,6 +186,17 @@ def _fetch_on(client: JsonRpcClient, calls: Sequence[RpcCall], split: int) -> Fe
     return logs, headers
 
 
+def _fetch_attempt(
+    filters: Sequence[LogFilter], header_numbers: Sequence[int]
+) -> tuple[str, Callable[[JsonRpcClient], Fetched]]:
+    """The method named in errors and metrics, and one attempt of a fetch on an endpoint."""
+    calls: list[RpcCall] = [("eth_getLogs", [f.to_rpc()]) for f in filters]
+    calls += [("eth_getBlockByNumber", [hex(n), False]) for n in header_numbers]
+    split = len(filters)
+    method = "eth_getLogs" if filters else "eth_getBlockByNumber"
+    return method, lambda client: _fetch_on(client, calls, split)
+
+
 def _quantity(raw: str) -> int:
     return int(raw, 16)
 
@@ -262,16 +273,22 @@ class HttpChainSource:
         return self._run("eth_getBlockByNumber", self._finalized_on)
 
     def fetch(self, filters: Sequence[LogFilter], header_numbers: Sequence[int]) -> Fetched:
-        calls: list[RpcCall] = [("eth_getLogs", [f.to_rpc()]) for f in filters]
-        calls += [("eth_getBlockByNumber", [hex(n), False]) for n in header_numbers]
-        if not calls:
+        if not filters and not header_numbers:
             return [], []
-        split = len(filters)
-        method = "eth_getLogs" if filters else "eth_getBlockByNumber"
-        return self._run(method, lambda client: _fetch_on(client, calls, split))
+        method, attempt = _fetch_attempt(filters, header_numbers)
+        return self._run(method, attempt)
 
     def headers(self, numbers: Sequence[int]) -> list[BlockHeader | None]:
         return self.fetch((), numbers)[1]
+
+    def fetch_once(self, filters: Sequence[LogFilter], header_numbers: Sequence[int]) -> Fetched:
+        """:meth:`fetch` with one attempt (on the current endpoint, moved past on failure):
+        for requests whose answer is nice to have, so a failing node does not hold the caller
+        up for a whole retry schedule."""
+        if not filters and not header_numbers:
+            return [], []
+        method, attempt = _fetch_attempt(filters, header_numbers)
+        return self._attempt(method, attempt)
 
     def call(self, to: str, data: str, block_hash: str) -> str:
         params = [{"to": to, "data": data}, {"blockHash": block_hash}]
