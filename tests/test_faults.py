@@ -39,6 +39,16 @@ def _activity(h: Harness, dividends: int = 6) -> None:
         send_tx(h.w3, h.contracts.distributor.functions.record(uuid.uuid4().bytes, i + 1))
 
 
+def _indexed_then_more(h: Harness) -> int:
+    """Some activity indexed, then more on the chain; returns the indexed block."""
+    _activity(h, 3)
+    h.sync()
+    indexed = h.state().indexed_block
+    assert indexed is not None
+    _activity(h, 3)
+    return indexed
+
+
 def _proxied(h: Harness, rpc_proxy_factory: ProxyFactory, **kwargs: Any) -> RpcProxy:
     proxy = rpc_proxy_factory(h.node.url)
     h.use_rpc(proxy.url, **kwargs)
@@ -99,11 +109,7 @@ def test_endpoint_behind_the_stored_head_is_left_for_the_next_one(
     make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
 ) -> None:
     h = make_harness()
-    _activity(h, 3)
-    h.sync()
-    indexed = h.state().indexed_block
-    assert indexed is not None
-    _activity(h, 3)
+    indexed = _indexed_then_more(h)
     lagging = rpc_proxy_factory(h.node.url).stale_head(indexed - 2)
     healthy = rpc_proxy_factory(h.node.url)
     h.use_rpc(lagging.url, healthy.url, max_attempts=1)
@@ -148,10 +154,7 @@ def test_lagging_node_null_header_and_empty_logs(
     make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
 ) -> None:
     h = make_harness()
-    _activity(h, 3)
-    h.sync()
-    indexed = h.state().indexed_block
-    _activity(h, 3)
+    indexed = _indexed_then_more(h)
     lagging = rpc_proxy_factory(h.node.url).stale_head(indexed)  # has nothing new: [] and null
     h.use_source(
         SplitSource(HttpChainSource([h.node.url]), HttpChainSource([lagging.url], max_attempts=1))

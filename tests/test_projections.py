@@ -224,10 +224,18 @@ def test_pending_until_the_master_row_exists(make_harness: MakeHarness) -> None:
 
 
 def _coin_forger(h: Harness) -> tuple[Any, Trust]:
-    """A trusted 'factory' that can announce any contract as an artist coin."""
+    """A trusted 'factory' that can announce any contract as an artist coin; the harness's
+    engine trusts it from now on."""
     forger = deploy(h.w3, "EventForger")
     trust = Trust(h.trust.registry, h.trust.dividends, forger.address.lower())
+    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
     return forger, trust
+
+
+def _plain_coin(h: Harness, name: str, supply: int = 10**18, decimals: int = 18) -> str:
+    """A coin contract with string name and symbol ``name``; its lowercase address."""
+    text = encode(["string"], [name])
+    return str(deploy(h.w3, "WeirdCoin", text, text, supply, decimals, False).address.lower())
 
 
 def _announce(h: Harness, forger: Any, artist: uuid.UUID, coin_address: str) -> None:
@@ -269,8 +277,7 @@ def test_weird_coins_still_get_a_row(
     expect_symbol: str,
 ) -> None:
     h = make_harness()
-    forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    forger, _ = _coin_forger(h)
     coin = deploy(h.w3, "WeirdCoin", raw_name, raw_symbol, 10**30 + 5, 20, name_reverts)
     artist = add_user(h)
     _announce(h, forger, artist, coin.address.lower())
@@ -295,20 +302,18 @@ def test_coin_supply_too_large_for_the_column_does_not_stop_indexing(
     make_harness: MakeHarness,
 ) -> None:
     h = make_harness()
-    forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
+    forger, _ = _coin_forger(h)
     units = 2**256 - 1  # 78 whole digits with decimals() = 0: NUMERIC(78,18) holds 60
-    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Huge"]), encode(["string"], ["HUGE"]),
-                  units, 0, False)  # fmt: skip
+    coin = _plain_coin(h, "Huge", units, 0)
     artist = add_user(h)
-    _announce(h, forger, artist, coin.address.lower())
+    _announce(h, forger, artist, coin)
     h.sync()
     assert h.state().indexed_block == h.head()
     row = h.conn.execute(
         "SELECT name, total_supply, contract_address FROM artist_coins WHERE artist_id = %s",
         (artist,),
     ).fetchone()
-    assert row == ("Huge", Decimal(0), coin.address.lower())
+    assert row == ("Huge", Decimal(0), coin)
     context = h.conn.execute("SELECT context FROM indexer_events").fetchone()[0]
     assert context["coin"]["totalSupplyUnits"] == str(units)
     assert any("does not fit" in note for note in context["coin"]["notes"])
@@ -320,21 +325,19 @@ def test_coin_address_announced_again_moves_to_the_new_artist_and_back_on_reorg(
     """The unique contract address must not stop indexing when the trusted factory names one
     contract twice: the later announcement wins; a reorg of it gives the address back."""
     h = make_harness()
-    forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
-    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Twice"]), encode(["string"], ["TWO"]),
-                  10**18, 18, False)  # fmt: skip
+    forger, _ = _coin_forger(h)
+    coin = _plain_coin(h, "Twice")
     first, second = add_user(h), add_user(h)
-    _announce(h, forger, first, coin.address.lower())
+    _announce(h, forger, first, coin)
     h.sync()
     before = domain_tables(h.conn)
-    _announce(h, forger, second, coin.address.lower())
+    _announce(h, forger, second, coin)
     h.sync()
     assert h.state().indexed_block == h.head()
     holders = dict(
         h.conn.execute("SELECT artist_id, contract_address FROM artist_coins").fetchall()
     )
-    assert holders == {first: None, second: coin.address.lower()}
+    assert holders == {first: None, second: coin}
     anvil_reorg(h.node, 1, [])
     h.sync()
     assert domain_tables(h.conn) == before
@@ -348,10 +351,7 @@ def test_coin_announced_again_while_an_earlier_announcement_waits(
     later one gets no address. Rebuild, a reorg and a fresh index all agree."""
     h = make_harness(finality_depth=16)
     forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
-    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Thrice"]), encode(["string"], ["TRI"]),
-                  10**18, 18, False)  # fmt: skip
-    address = coin.address.lower()
+    address = _plain_coin(h, "Thrice")
     late, first, backend = uuid.uuid4(), add_user(h), add_user(h)
     h.conn.execute(
         "INSERT INTO artist_coins (artist_id, name, symbol, total_supply) "
@@ -389,12 +389,7 @@ def test_late_announcement_loses_to_a_later_one_that_moved_on(
     contract since: the late-applied earlier announcement gets no address."""
     h = make_harness()
     forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
-    x, y = (
-        deploy(h.w3, "WeirdCoin", encode(["string"], [n]), encode(["string"], [n]), 10**18, 18,
-               False).address.lower()
-        for n in ("X", "Y")
-    )  # fmt: skip
+    x, y = _plain_coin(h, "X"), _plain_coin(h, "Y")
     late, other = uuid.uuid4(), add_user(h)
     _announce(h, forger, late, x)  # waits for its artist
     _announce(h, forger, other, x)
@@ -415,10 +410,7 @@ def test_reorg_of_the_later_announcement_gives_the_address_to_the_late_one(
     removes the later one: the address goes to the late one's row, as in a fresh index."""
     h = make_harness(finality_depth=16)
     forger, trust = _coin_forger(h)
-    h.syncer = Syncer(h.source, h.conn, h.chain_id, trust, h.options)
-    coin = deploy(h.w3, "WeirdCoin", encode(["string"], ["Back"]), encode(["string"], ["BCK"]),
-                  10**18, 18, False)  # fmt: skip
-    address = coin.address.lower()
+    address = _plain_coin(h, "Back")
     late, first = uuid.uuid4(), add_user(h)
     _announce(h, forger, late, address)  # waits for its artist
     h.sync()
