@@ -177,6 +177,13 @@ class AudifiProjector(Projector):
         for event in events:
             if event.event_type == _COIN:
                 info = read_coin(source, event.args["contractAddress"], event.block_hash)
+                if info.notes:  # what was cleaned, cut or could not be stored, and why
+                    log.warning(
+                        "coin_read_notes",
+                        coin=event.args["contractAddress"],
+                        block=event.block_number,
+                        notes=info.notes,
+                    )
                 event = event._replace(context=info.to_context())
             out.append(event)
         return out

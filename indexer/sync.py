@@ -18,7 +18,9 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   header, a header with the wrong number, a log outside the range, a ``removed`` log, a log
   whose block hash differs from the header at its height, or a range whose blocks do not link
   raise :class:`~indexer.chain.errors.InconsistentResponseError` naming the rule and values:
-  nothing is written and the step can be retried. A node whose head is below the stored head
+  nothing is written and the step can be retried. So does an answer that lacks a log the
+  headers' ``logsBloom`` shows (a watched contract's address with its AudiFi topic; every
+  header of the live window, the ends of a backfill range; :meth:`Syncer._check_blooms`). A node whose head is below the stored head
   gives :attr:`Outcome.NODE_BEHIND`: nothing is deleted, the caller waits. Either way the
   source's next request goes to its next endpoint, where it has several.
 * **Trust.** Only logs of the configured registry, dividend contracts and coin factory, and of
@@ -67,6 +69,7 @@ from typing import Any
 import psycopg
 
 from indexer import failpoints, store
+from indexer.chain.bloom import pair_mask, parse_bloom
 from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError, RpcError
 from indexer.chain.http_source import gc_paused
 from indexer.chain.source import ChainSource
@@ -88,6 +91,10 @@ from indexer.reorg import BlockRef, NodeMissingBlocksError, find_common_ancestor
 log = get_logger("audifi.sync")
 
 INITIAL_BACKFILL_RANGE = 100
+BLOOM_RETRIES = 5
+"""Answers of one block doubted by its ``logsBloom`` before the answer is taken as a bloom
+false positive (the daemon backs off between tries: about 15 s in all)."""
+BLOOM_DOUBTS_KEPT = 1024
 """First backfill range (blocks), before it adapts to the chain's density."""
 
 AUDIFI_TOPICS_ANY_EMITTER = (
@@ -507,6 +514,50 @@ def count_logs_before_registration(
 _ANY_EMITTER = frozenset(AUDIFI_TOPICS_ANY_EMITTER)
 
 
+def watched_masks(trust: Trust, masters: Iterable[str]) -> dict[str, int]:
+    """Emitter → the bloom bits of the AudiFi event it emits (registry: MasterRegistered,
+    dividend contracts: DividendDeposited, coin factory: ArtistCoinDeployed, registered
+    master contracts: Transfer). Address *and* topic must be in a bloom: far fewer false
+    positives than either alone."""
+    pairs: list[tuple[str, EventType]] = [(m, EventType.TRANSFER) for m in masters]
+    pairs += [(d, EventType.DIVIDEND_DEPOSITED) for d in trust.dividends]
+    if trust.coin_factory:
+        pairs.append((trust.coin_factory, EventType.ARTIST_COIN_DEPLOYED))
+    if trust.registry:
+        pairs.append((trust.registry, EventType.MASTER_REGISTERED))
+    return {address: pair_mask(address, TOPIC0[event]) for address, event in pairs}
+
+
+def missing_log_blocks(
+    headers: Iterable[BlockHeader], logs: Iterable[Log], watched: dict[str, int]
+) -> list[tuple[BlockHeader, str]]:
+    """(header, emitter) where the header's ``logsBloom`` shows a watched emitter's AudiFi
+    event but the answer holds no log of that emitter in that block: a node that answered
+    ``eth_getLogs`` with fewer logs than it has (an empty answer from a lagging node). A
+    "maybe" of the bloom can be a false positive; the caller decides (see
+    :meth:`Syncer._check_blooms`). Headers without a usable bloom are skipped."""
+    emitted = {(item.block_number, item.address) for item in logs}
+    found: list[tuple[BlockHeader, str]] = []
+    for header in headers:
+        bloom = parse_bloom(header.logs_bloom)
+        if bloom is None:
+            continue
+        for address, mask in watched.items():
+            if bloom & mask == mask and (header.number, address) not in emitted:
+                found.append((header, address))
+                break
+    return found
+
+
+def _missing_logs_error(header: BlockHeader, emitter: str) -> InconsistentResponseError:
+    return _inconsistent(
+        "logs missing that the block's logsBloom shows",
+        block=header.number,
+        block_hash=header.hash,
+        emitter=emitter,
+    )
+
+
 @dataclass(slots=True)
 class _Prepared:
     """A backfill range fetched, checked and decoded ahead of its step (by :class:`_Prefetch`).
@@ -548,6 +599,9 @@ def prepare_final_range(
     check_headers(numbers, ends[: len(numbers)])
     headers = {h.number: h for h in ends if h is not None}
     logs = merge_logs(*groups)
+    missing = missing_log_blocks(headers.values(), logs, watched_masks(trust, registrations))
+    if missing:
+        raise _missing_logs_error(*missing[0])  # the step fetches again and decides
     fetch_missing_headers(source, logs, headers)
     check_logs(logs, first, last, headers)
     logs, before = with_extra_logs(source, trust, registrations, logs, last, headers, start_block)
@@ -691,6 +745,8 @@ class Syncer:
         self._ahead_offer: _Ahead | None = None
         """The plan made by the previous step, for this step to use or drop."""
         self._writer: _Writer | None = None
+        self._bloom_doubts: dict[str, int] = {}
+        """Block hash → answers doubted by its ``logsBloom`` (see :meth:`_check_blooms`)."""
         can_prefetch = options.prefetch and hasattr(source, "clone")
         if can_prefetch and sys.getswitchinterval() > PREFETCH_SWITCH_INTERVAL:
             sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL)  # for the process's lifetime
@@ -841,6 +897,7 @@ class Syncer:
         headers = {h.number: h for h in ends if h is not None}
         self._check_link(state, headers[first])
         logs = merge_logs(*groups)
+        self._check_blooms(headers.values(), logs)
         fetch_missing_headers(self.source, logs, headers)
         return self._commit(
             state, head, first, last, logs, headers, window=[headers[last]], bound=bound
@@ -906,7 +963,34 @@ class Syncer:
         check_linked(chain)
         headers = {h.number: h for h in chain}
         logs = merge_logs(*groups)
+        self._check_blooms(chain, logs)
         return self._commit(state, head, first, last, logs, headers, window=chain)
+
+    def _check_blooms(self, headers: Iterable[BlockHeader], logs: list[Log]) -> None:
+        """Raise :class:`InconsistentResponseError` when a header's ``logsBloom`` shows an
+        AudiFi event of a watched emitter that the answer lacks (:func:`missing_log_blocks`):
+        the step is retried — on the next endpoint where there are several. A bloom can say
+        "maybe" wrongly: after :data:`BLOOM_RETRIES` answers that agree for the same block
+        hash, the answer is taken (``logs_bloom_false_positive`` in the log)."""
+        watched = watched_masks(self.trust, self._known_registrations())
+        missing = missing_log_blocks(headers, logs, watched)
+        if not missing:
+            return
+        if len(self._bloom_doubts) > BLOOM_DOUBTS_KEPT:
+            self._bloom_doubts.clear()
+        doubted = []
+        for header, emitter in missing:
+            times = self._bloom_doubts[header.hash] = self._bloom_doubts.get(header.hash, 0) + 1
+            if times <= BLOOM_RETRIES:
+                doubted.append((header, emitter))
+        if doubted:
+            raise _missing_logs_error(*doubted[0])
+        log.warning(
+            "logs_bloom_false_positive",
+            blocks=[header.number for header, _ in missing],
+            emitters=sorted({emitter for _, emitter in missing}),
+            answers=BLOOM_RETRIES + 1,
+        )
 
     def _narrow(self, first: int, last: int, exc: RangeTooLargeError) -> int:
         """A smaller ``last`` after a "too many results" answer (the node's hint or half);

@@ -90,6 +90,7 @@ def _expected_header(w3: Web3, number: int) -> BlockHeader:
         hash=block["hash"].to_0x_hex(),
         parent_hash=block["parentHash"].to_0x_hex(),
         timestamp=block["timestamp"],
+        logs_bloom=block["logsBloom"].to_0x_hex(),
     )
 
 

@@ -119,6 +119,62 @@ def test_endpoint_behind_the_stored_head_is_left_for_the_next_one(
     assert h.stored() == h.expected()
 
 
+def _steps_until_doubted(h: Harness, limit: int = 10) -> None:
+    """Step until a step fails on the logsBloom check; nothing of the doubted answer kept."""
+    for _ in range(limit):
+        try:
+            h.syncer.step()
+        except InconsistentResponseError as exc:
+            assert "logsBloom" in str(exc)
+            return
+    raise AssertionError(f"no step doubted the answer in {limit} steps")
+
+
+@pytest.mark.parametrize("path", ["live", "backfill"])
+def test_empty_logs_answer_contradicted_by_the_bloom_is_retried(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory, path: str
+) -> None:
+    """A node whose log index lags answers eth_getLogs with [] while its headers are right
+    (SPEC §4.4): a header's logsBloom shows a watched emitter's AudiFi event the answer lacks,
+    the step fails without writing, and the next answer is indexed. The live path has every
+    header; a backfill range has its ends (here the last one holds a deposit)."""
+    h = make_harness(finality_depth=64 if path == "live" else 1)
+    send_tx(h.w3, h.contracts.registry.functions.deployMasterAndMint(
+        uuid.uuid4().bytes, "M", "M", h.node.accounts[1], 1, 3))  # fmt: skip
+    _activity(h, 2)
+    h.node.mine(1)  # with finality depth 1 the last deposit's block ends the final range
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.empty_logs(None)  # every eth_getLogs answer: []
+    _steps_until_doubted(h)
+    assert h.stored() == []
+    proxy.clear()
+    h.sync()
+    assert h.stored() == h.expected()
+    assert len(h.stored()) == 1 + 3 + 2
+
+
+def test_bloom_false_positive_is_taken_after_agreeing_answers(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    """The same answer for the same blocks, BLOOM_RETRIES + 1 times: a bloom "maybe" that is
+    wrong must not stop indexing forever (forced here: the node keeps answering [])."""
+    from indexer.sync import BLOOM_RETRIES
+
+    h = make_harness()
+    _activity(h, 2)
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.empty_logs(None)
+    doubted = 0
+    for _ in range(BLOOM_RETRIES + 10):
+        try:
+            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
+                break
+        except InconsistentResponseError:
+            doubted += 1
+    assert doubted == BLOOM_RETRIES
+    assert h.state().indexed_block == h.head() and h.stored() == []
+
+
 class SplitSource:
     """A load balancer sending ``eth_blockNumber`` to one node and the rest to another."""
 

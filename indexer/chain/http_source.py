@@ -127,7 +127,14 @@ def parse_header(raw: dict[str, Any] | None) -> BlockHeader | None:
     block_hash, parent_hash = raw["hash"].lower(), raw["parentHash"].lower()
     if not (is_hash(block_hash) and is_hash(parent_hash)):
         raise _malformed_hashes((block_hash, parent_hash))
-    return BlockHeader(int(raw["number"], 16), block_hash, parent_hash, int(raw["timestamp"], 16))
+    bloom = raw.get("logsBloom")
+    return BlockHeader(
+        int(raw["number"], 16),
+        block_hash,
+        parent_hash,
+        int(raw["timestamp"], 16),
+        bloom.lower() if isinstance(bloom, str) else None,
+    )
 
 
 def _converted(client: JsonRpcClient, method: str, convert: Callable[[], T]) -> T:

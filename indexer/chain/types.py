@@ -40,6 +40,9 @@ class BlockHeader(NamedTuple):
     parent_hash: str
     timestamp: int
     """Seconds since the epoch (the block's own time, UTC)."""
+    logs_bloom: str | None = None
+    """The header's ``logsBloom`` (lowercase ``0x`` hex), when the node gave one: the engine
+    checks answers against it (:mod:`indexer.chain.bloom`)."""
 
 
 _WIRE_NAMES = {

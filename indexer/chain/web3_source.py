@@ -87,6 +87,7 @@ def _to_header(block: Mapping[str, Any]) -> BlockHeader:
         hash=_hex(block["hash"]),
         parent_hash=_hex(block["parentHash"]),
         timestamp=int(block["timestamp"]),
+        logs_bloom=_hex(block["logsBloom"]) if block.get("logsBloom") is not None else None,
     )
 
 
