@@ -20,9 +20,10 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   raise :class:`~indexer.chain.errors.InconsistentResponseError` naming the rule and values:
   nothing is written and the step can be retried. So does an answer that lacks a log the
   headers' ``logsBloom`` shows (a watched contract's address with its AudiFi topic; every
-  header of the live window, the ends of a backfill range; :meth:`Syncer._check_blooms`). A node whose head is below the stored head
-  gives :attr:`Outcome.NODE_BEHIND`: nothing is deleted, the caller waits. Either way the
-  source's next request goes to its next endpoint, where it has several.
+  header of the live window, the ends of a backfill range; :meth:`Syncer._check_blooms`). A
+  node whose head is below the stored head gives :attr:`Outcome.NODE_BEHIND`: nothing is
+  deleted, the caller waits. Either way the source's next request goes to its next endpoint,
+  where it has several.
 * **Trust.** Only logs of the configured registry, dividend contracts and coin factory, and of
   master contracts the registry registered — from the registering log on, by (block, log
   index) — are accepted. Other logs carrying AudiFi event signatures, and a master contract's
@@ -69,7 +70,7 @@ from typing import Any
 import psycopg
 
 from indexer import failpoints, store
-from indexer.chain.bloom import pair_mask, parse_bloom
+from indexer.chain.bloom import false_alarm_odds, pair_mask, parse_bloom
 from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError, RpcError
 from indexer.chain.http_source import gc_paused
 from indexer.chain.source import ChainSource
@@ -95,6 +96,8 @@ BLOOM_RETRIES = 5
 """Answers of one block doubted by its ``logsBloom`` before the answer is taken as a bloom
 false positive (the daemon backs off between tries: about 15 s in all)."""
 BLOOM_DOUBTS_KEPT = 1024
+BLOOM_FALSE_ALARM_ODDS = 1e-6
+"""A header's bloom is used only when a chance match of some watched mask is less likely."""
 """First backfill range (blocks), before it adapts to the chain's density."""
 
 AUDIFI_TOPICS_ANY_EMITTER = (
@@ -535,13 +538,15 @@ def missing_log_blocks(
     event but the answer holds no log of that emitter in that block: a node that answered
     ``eth_getLogs`` with fewer logs than it has (an empty answer from a lagging node). A
     "maybe" of the bloom can be a false positive; the caller decides (see
-    :meth:`Syncer._check_blooms`). Headers without a usable bloom are skipped."""
+    :meth:`Syncer._check_blooms`). Headers without a bloom are skipped, and so are those whose
+    bloom is so full that one of the watched masks would match by chance with odds above
+    :data:`BLOOM_FALSE_ALARM_ODDS` (a dense block, or many watched contracts)."""
     emitted = {(item.block_number, item.address) for item in logs}
     found: list[tuple[BlockHeader, str]] = []
     for header in headers:
         bloom = parse_bloom(header.logs_bloom)
-        if bloom is None:
-            continue
+        if bloom is None or false_alarm_odds(bloom, len(watched)) > BLOOM_FALSE_ALARM_ODDS:
+            continue  # no logs at all, or a bloom too full to tell
         for address, mask in watched.items():
             if bloom & mask == mask and (header.number, address) not in emitted:
                 found.append((header, address))

@@ -16,8 +16,6 @@ import functools
 from eth_utils.crypto import keccak
 
 BLOOM_BITS = 2048
-SATURATED_BITS = BLOOM_BITS // 2
-"""A bloom with more bits set than this says "maybe" to almost anything: it is not used."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -36,14 +34,16 @@ def pair_mask(address: str, topic: str) -> int:
 
 
 def parse_bloom(text: str | None) -> int | None:
-    """A header's ``logsBloom`` as an integer; None when absent, empty, or too full to tell
-    anything (more than :data:`SATURATED_BITS` bits set)."""
+    """A header's ``logsBloom`` as an integer; None when absent or empty (no log at all)."""
     if not text:
         return None
-    bloom = int(text, 16)
-    if bloom == 0 or bloom.bit_count() > SATURATED_BITS:
-        return None
-    return bloom
+    return int(text, 16) or None
+
+
+def false_alarm_odds(bloom: int, masks: int, bits_per_mask: int = 6) -> float:
+    """About how likely ``masks`` masks of ``bits_per_mask`` random bits all find their bits
+    set in ``bloom`` by chance: a bloom that many logs filled says "maybe" to almost anything."""
+    return masks * (bloom.bit_count() / BLOOM_BITS) ** bits_per_mask
 
 
 def may_contain(bloom: int, mask: int) -> bool:
