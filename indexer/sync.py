@@ -535,20 +535,24 @@ def missing_log_blocks(
     headers: Iterable[BlockHeader], logs: Iterable[Log], watched: dict[str, int]
 ) -> list[tuple[BlockHeader, str]]:
     """(header, emitter) where the header's ``logsBloom`` shows a watched emitter's AudiFi
-    event but the answer holds no log of that emitter in that block: a node that answered
-    ``eth_getLogs`` with fewer logs than it has (an empty answer from a lagging node). A
-    "maybe" of the bloom can be a false positive; the caller decides (see
-    :meth:`Syncer._check_blooms`). Headers without a bloom are skipped, and so are those whose
-    bloom is so full that one of the watched masks would match by chance with odds above
+    event but the answer holds no log of any watched emitter in that block: a node that
+    answered ``eth_getLogs`` with nothing for a block that has our logs (an empty answer from
+    a lagging node). Blocks the answer has watched logs in are not judged: their own logs set
+    the topic bits, and another watched address would then match on its three address bits
+    alone — too often by chance. A "maybe" can still be a false positive; the caller decides
+    (see :meth:`Syncer._check_blooms`). Headers without a bloom are skipped, and so are those
+    whose bloom is so full that a watched mask would match by chance with odds above
     :data:`BLOOM_FALSE_ALARM_ODDS` (a dense block, or many watched contracts)."""
-    emitted = {(item.block_number, item.address) for item in logs}
+    answered = {item.block_number for item in logs if item.address in watched}
     found: list[tuple[BlockHeader, str]] = []
     for header in headers:
+        if header.number in answered:
+            continue
         bloom = parse_bloom(header.logs_bloom)
         if bloom is None or false_alarm_odds(bloom, len(watched)) > BLOOM_FALSE_ALARM_ODDS:
             continue  # no logs at all, or a bloom too full to tell
         for address, mask in watched.items():
-            if bloom & mask == mask and (header.number, address) not in emitted:
+            if bloom & mask == mask:
                 found.append((header, address))
                 break
     return found

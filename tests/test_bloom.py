@@ -38,6 +38,10 @@ def test_a_block_whose_bloom_shows_a_watched_event_needs_its_log() -> None:
     assert missing_log_blocks([header], [], watched) == [(header, MASTER)]
     assert missing_log_blocks([header], [_log(7, MASTER)], watched) == []
     assert missing_log_blocks([header], [_log(8, MASTER)], watched) == [(header, MASTER)]
+    # another watched emitter's log in the block: not judged (shared topic bits)
+    assert missing_log_blocks([header], [_log(7, DISTRIBUTOR)], watched) == []
+    # an unwatched emitter's log does not count as an answer for the block
+    assert missing_log_blocks([header], [_log(7, "0x" + "44" * 20)], watched) == [(header, MASTER)]
     # only the address, or only the topic, in the bloom: not a watched event
     assert missing_log_blocks([_header(7, item_mask(MASTER))], [], watched) == []
     # no bloom; a bloom too full to tell anything
