@@ -18,8 +18,8 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   header, a header with the wrong number, a log outside the range, a ``removed`` log, a log
   whose block hash differs from the header at its height, or a range whose blocks do not link
   raise :class:`~indexer.chain.errors.InconsistentResponseError` naming the rule and values:
-  nothing is written and the step can be retried. So does an answer that lacks a log the
-  headers' ``logsBloom`` shows (a watched contract's address with its AudiFi topic; every
+  nothing is written and the step can be retried. So does an answer with no watched log in a
+  block whose ``logsBloom`` shows a watched contract's address with its AudiFi topic (every
   header of the live window, the ends of a backfill range; :meth:`Syncer._check_blooms`). A
   node whose head is below the stored head gives :attr:`Outcome.NODE_BEHIND`: nothing is
   deleted, the caller waits. Either way the source's next request goes to its next endpoint,
