@@ -51,6 +51,8 @@ from indexer.ids import ordered_uuids
 from indexer.logs import get_logger
 from indexer.sync import Projector
 
+log = get_logger("audifi.projections")
+
 ZERO_ADDRESS = "0x" + "00" * 20
 _TRANSFER = EventType.TRANSFER.value
 _REGISTERED = EventType.MASTER_REGISTERED.value
@@ -60,8 +62,6 @@ KEYS_CHECKED_PER_BATCH = ("nft_shares", "dividend_events")
 """The tables whose bulk writes have their foreign keys checked once per batch
 (:mod:`indexer.foreign_keys`)."""
 MASTERS_RESTORED = ("contract_address",)
-log = get_logger("audifi.projections")
-
 COINS_RESTORED = ("contract_address", "deployed_at", "name", "symbol", "total_supply")
 
 
@@ -875,17 +875,15 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
     """Apply an ``ArtistCoinDeployed``; False when it must wait (no coin row, no artist)."""
     artist = uuid.UUID(event.args["artistId"])
     coin = (event.context or {}).get("coin") or {}
-    address: str | None = event.args["contractAddress"]
-    deployed_at: dt.datetime | None = event.block_time
+    address = event.args["contractAddress"]
     row = conn.execute("SELECT id FROM artist_coins WHERE artist_id = %s", (artist,)).fetchone()
     if row is None and not _existing(conn, "users", [artist]):
         return False
-    assert address is not None
-    if not _take_coin_address(conn, chain_id, event, address, row[0] if row else None):
-        address = deployed_at = None  # as if a later announcement had taken it already
+    # Without the address, as if a later announcement had taken it already.
+    takes = _take_coin_address(conn, chain_id, event, address, row[0] if row else None)
     values = (
-        address,
-        deployed_at,
+        address if takes else None,
+        event.block_time if takes else None,
         coin.get("name", ""),
         coin.get("symbol", ""),
         storable_supply(str(coin.get("totalSupply", "0"))),

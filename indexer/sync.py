@@ -70,7 +70,7 @@ from typing import Any
 import psycopg
 
 from indexer import failpoints, store
-from indexer.chain.bloom import false_alarm_odds, pair_mask, parse_bloom
+from indexer.chain.bloom import false_alarm_odds, may_contain, pair_mask, parse_bloom
 from indexer.chain.errors import InconsistentResponseError, RangeTooLargeError, RpcError
 from indexer.chain.http_source import gc_paused
 from indexer.chain.source import ChainSource
@@ -92,13 +92,14 @@ from indexer.reorg import BlockRef, NodeMissingBlocksError, find_common_ancestor
 log = get_logger("audifi.sync")
 
 INITIAL_BACKFILL_RANGE = 100
+"""First backfill range (blocks), before it adapts to the chain's density."""
 BLOOM_RETRIES = 5
 """Answers of one block doubted by its ``logsBloom`` before the answer is taken as a bloom
 false positive (the daemon backs off between tries: about 15 s in all)."""
 BLOOM_DOUBTS_KEPT = 1024
+"""Block hashes whose doubts :class:`Syncer` remembers before it forgets them all."""
 BLOOM_FALSE_ALARM_ODDS = 1e-6
 """A header's bloom is used only when a chance match of some watched mask is less likely."""
-"""First backfill range (blocks), before it adapts to the chain's density."""
 
 AUDIFI_TOPICS_ANY_EMITTER = (
     TOPIC0[EventType.MASTER_REGISTERED],
@@ -552,7 +553,7 @@ def missing_log_blocks(
         if bloom is None or false_alarm_odds(bloom, len(watched)) > BLOOM_FALSE_ALARM_ODDS:
             continue  # no logs at all, or a bloom too full to tell
         for address, mask in watched.items():
-            if bloom & mask == mask:
+            if may_contain(bloom, mask):
                 found.append((header, address))
                 break
     return found
