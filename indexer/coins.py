@@ -8,12 +8,15 @@ Guarantees:
   bytes replaced by U+FFFD, cut to the column width) and the raw answer is kept, hex, in the
   result's ``raw`` map so nothing is lost. Only RPC failures that are not reverts propagate
   (the step is retried).
-* ``total_supply`` is in token units, exact: ``totalSupply() / 10**decimals()`` written as a
-  decimal string with up to 18 fractional digits (``artist_coins.total_supply`` is
-  NUMERIC(78,18)); a token with more than 18 decimals is cut (not rounded) to 18 and says so.
-  A supply with more than 60 whole digits (a huge ``totalSupply()`` with few decimals) cannot
-  be stored there at all: it is written as 0 and says so (the exact units stay in the event's
-  context), rather than failing every retry of the step.
+* ``total_supply`` is in token units, exact: ``totalSupply() / 10**decimals()`` as a decimal
+  string. ``artist_coins.total_supply`` is NUMERIC(78,18) (pinned by SPEC §8): it holds at
+  most 60 whole digits and 18 decimal places. A supply it cannot hold exactly — more whole
+  digits, a non-zero digit past the 18th decimal place —, or one the coin does not tell
+  (``totalSupply()`` reverts or does not answer a uint256, ``decimals()`` is not a uint8) sets
+  :attr:`CoinInfo.supply_problem`: the deployment is then kept as a dead letter (SPEC §4.6)
+  rather than stored with a value that is not the coin's (see
+  :meth:`indexer.projections.AudifiProjector.enrich`). A ``decimals()`` that reverts is taken
+  as 18, the ERC-20 convention (``decimals()`` is optional in the standard), with a note.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ class CoinInfo:
     decimals: int
     total_supply_units: int
     total_supply: str
-    """Token units as an exact decimal string (see module docstring)."""
+    """Token units as an exact decimal string, as ``artist_coins.total_supply`` stores it
+    (at most 18 decimal places) when :attr:`supply_problem` is None."""
     raw: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    supply_problem: str | None = None
+    """Why the exact supply cannot be stored (or is not known); None when it can."""
 
     def to_context(self) -> dict[str, Any]:
         return {
@@ -60,6 +66,7 @@ class CoinInfo:
                 "totalSupply": self.total_supply,
                 "raw": self.raw,
                 "notes": self.notes,
+                **({"supplyProblem": self.supply_problem} if self.supply_problem else {}),
             }
         }
 
@@ -84,27 +91,24 @@ def decode_string(result: bytes) -> bytes | None:
     return None
 
 
-def units_to_decimal(units: int, decimals: int) -> tuple[str, bool]:
-    """``units / 10**decimals`` as an exact decimal string with at most 18 fractional digits;
-    the flag says whether digits were cut (more than 18 decimals)."""
-    negative = units < 0
-    units = abs(units)
-    cut = False
-    if decimals > SUPPLY_SCALE:
-        divisor = 10 ** (decimals - SUPPLY_SCALE)
-        cut = units % divisor != 0
-        units //= divisor
-        decimals = SUPPLY_SCALE
-    whole, frac = divmod(units, 10**decimals) if decimals else (units, 0)
-    text = f"{whole}.{frac:0{decimals}d}" if decimals else str(whole)
-    return ("-" if negative else "") + text, cut
+def units_to_decimal(units: int, decimals: int) -> str:
+    """``units / 10**decimals`` as an exact decimal string (no trailing zeros are cut)."""
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), 10**decimals)
+    return f"{sign}{whole}.{frac:0{decimals}d}" if decimals else f"{sign}{whole}"
 
 
-def storable_supply(supply: str) -> str:
-    """``supply`` (a decimal string) when ``artist_coins.total_supply`` NUMERIC(78,18) can hold
-    it, else ``"0"`` (more than :data:`SUPPLY_WHOLE_DIGITS` whole digits)."""
-    whole = supply.lstrip("-").split(".", 1)[0]
-    return supply if len(whole) <= SUPPLY_WHOLE_DIGITS else "0"
+def storable_supply(supply: str) -> str | None:
+    """``supply`` (an exact decimal string) as ``artist_coins.total_supply`` NUMERIC(78,18)
+    holds it — at most :data:`SUPPLY_SCALE` decimal places, the zeros past them dropped —, or
+    None when it cannot hold it exactly."""
+    whole, _, frac = supply.lstrip("-").partition(".")
+    if len(whole.lstrip("0")) > SUPPLY_WHOLE_DIGITS or frac[SUPPLY_SCALE:].strip("0"):
+        return None
+    if len(frac) <= SUPPLY_SCALE:
+        return supply
+    kept = frac[:SUPPLY_SCALE]
+    return supply[: len(supply) - len(frac) - 1] + (f".{kept}" if kept else "")
 
 
 def _call(source: ChainSource, address: str, fn: str, block_hash: str) -> tuple[bytes | None, str]:
@@ -146,27 +150,33 @@ def read_coin(source: ChainSource, address: str, block_hash: str) -> CoinInfo:
             return default
         return int.from_bytes(answer[:32], "big")
 
+    problem: str | None = None
     decimals = number("decimals", DEFAULT_DECIMALS)
+    if answers["decimals"] is None:
+        notes.append(f"decimals() reverted: taken as {DEFAULT_DECIMALS} (the ERC-20 convention)")
     if decimals > 255:
-        notes.append(f"decimals() = {decimals} is not a uint8; using {DEFAULT_DECIMALS}")
+        problem = f"decimals() = {decimals} is not a uint8"
         decimals = DEFAULT_DECIMALS
     units = number("totalSupply", 0)
-    supply, cut = units_to_decimal(units, decimals)
-    if cut:
-        notes.append(f"total supply cut to {SUPPLY_SCALE} decimals (token has {decimals})")
-    if storable_supply(supply) != supply:
-        notes.append(
-            f"total supply {supply} does not fit NUMERIC(78,18) (more than "
-            f"{SUPPLY_WHOLE_DIGITS} whole digits); stored as 0, the exact totalSupply() is "
-            "kept in the event's context (totalSupplyUnits)"
+    supply = units_to_decimal(units, decimals)
+    stored = storable_supply(supply)
+    if answers["totalSupply"] is None or len(answers["totalSupply"] or b"") < 32:
+        problem = "totalSupply() did not answer a uint256"
+    elif problem is None and stored is None:
+        problem = (
+            f"totalSupply() / 10^decimals() = {units} / 10^{decimals} = {supply} tokens: "
+            f"artist_coins.total_supply NUMERIC(78,18) cannot hold it exactly (at most "
+            f"{SUPPLY_WHOLE_DIGITS} whole digits and {SUPPLY_SCALE} decimal places)"
         )
-        supply = "0"
+    if problem is not None:
+        notes.append(problem)
     return CoinInfo(
         name=text("name", NAME_WIDTH, FALLBACK_NAME),
         symbol=text("symbol", SYMBOL_WIDTH, FALLBACK_SYMBOL),
         decimals=decimals,
         total_supply_units=units,
-        total_supply=supply,
+        total_supply=supply if stored is None else stored,
         raw=raw,
         notes=notes,
+        supply_problem=problem,
     )

@@ -170,23 +170,40 @@ class AudifiProjector(Projector):
         self._nothing_pending = False
 
     # -- chain reads before the transaction ------------------------------------------------
-    def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
+    def enrich(
+        self, source: ChainSource, events: list[store.EventRow]
+    ) -> tuple[list[store.EventRow], list[tuple[store.EventRow, str]]]:
+        """Read each announced coin at its event's block (:func:`indexer.coins.read_coin`).
+
+        A coin whose total supply ``artist_coins.total_supply`` cannot hold exactly, or that
+        does not tell it, is not applied with a made-up value: its ``ArtistCoinDeployed`` is
+        returned as a dead letter with the reason (SPEC §4.6, "uint256 extremes … get a clear
+        error or a dead letter"). Cleaned names and symbols are kept, with a warning."""
         if all(event.event_type != _COIN for event in events):
-            return events  # most batches
-        out = []
+            return events, []  # most batches
+        out: list[store.EventRow] = []
+        rejected: list[tuple[store.EventRow, str]] = []
         for event in events:
             if event.event_type == _COIN:
                 info = read_coin(source, event.args["contractAddress"], event.block_hash)
-                if info.notes:  # what was cleaned, cut or could not be stored, and why
+                if info.notes:  # what was cleaned, defaulted or cannot be stored, and why
                     log.warning(
                         "coin_read_notes",
                         coin=event.args["contractAddress"],
                         block=event.block_number,
                         notes=info.notes,
                     )
+                if info.supply_problem is not None:
+                    reason = (
+                        f"ArtistCoinDeployed of {event.args['contractAddress']}: "
+                        f"{info.supply_problem}; not applied (artist_coins keeps its row as "
+                        "it is)"
+                    )
+                    rejected.append((event, reason))
+                    continue
                 event = event._replace(context=info.to_context())
             out.append(event)
-        return out
+        return out, rejected
 
     # -- apply ------------------------------------------------------------------------------
     def apply(self, conn: store.Conn, chain_id: int, batch: store.Batch) -> None:
@@ -886,7 +903,7 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
         event.block_time if takes else None,
         coin.get("name", ""),
         coin.get("symbol", ""),
-        storable_supply(str(coin.get("totalSupply", "0"))),
+        _stored_supply(coin),
     )
     if row is not None:
         _snapshot(conn, chain_id, event, "artist_coins", row[0])
@@ -908,6 +925,13 @@ def _apply_coin(conn: store.Conn, chain_id: int, event: _AnyEvent) -> bool:
         (chain_id, event.block_number, event.log_index, created[0]),
     )
     return True
+
+
+def _stored_supply(coin: dict[str, Any]) -> str:
+    """The supply an applied coin event stores. Events are only applied when it fits
+    (:meth:`AudifiProjector.enrich`); an event kept by an earlier version, whose context
+    holds a supply the column cannot hold, stores 0 rather than stopping every retry."""
+    return storable_supply(str(coin.get("totalSupply", "0"))) or "0"
 
 
 def _take_coin_address(

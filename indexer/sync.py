@@ -243,9 +243,13 @@ class Projector:
         number of events applied."""
         return 0
 
-    def enrich(self, source: ChainSource, events: list[store.EventRow]) -> list[store.EventRow]:
-        """Chain reads an event needs at its block, made before the transaction opens."""
-        return events
+    def enrich(
+        self, source: ChainSource, events: list[store.EventRow]
+    ) -> tuple[list[store.EventRow], list[tuple[store.EventRow, str]]]:
+        """Chain reads an event needs at its block, made before the transaction opens.
+        Returns the events to store and those to keep as dead letters instead, each with
+        its reason (what the chain read showed cannot be applied)."""
+        return events, []
 
     def forget(self) -> None:
         """Drop in-memory caches (after a rollback or a failed transaction)."""
@@ -329,19 +333,22 @@ def process_logs(
                         known[contract] = registration
                         out.registrations.append(registration)
                 continue
-        out.dead_letters.append(
-            store.DeadLetter(
-                block_number=log.block_number,
-                block_hash=log.block_hash,
-                tx_hash=log.tx_hash,
-                log_index=log.log_index,
-                address=log.address,
-                topics=log.topics,
-                data=log.data,
-                reason=reason,
-            )
-        )
+        out.dead_letters.append(dead_letter(log, reason))
     return out
+
+
+def dead_letter(log: Log, reason: str) -> store.DeadLetter:
+    """The dead letter of a trusted emitter's ``log``: kept raw, with ``reason``."""
+    return store.DeadLetter(
+        block_number=log.block_number,
+        block_hash=log.block_hash,
+        tx_hash=log.tx_hash,
+        log_index=log.log_index,
+        address=log.address,
+        topics=log.topics,
+        data=log.data,
+        reason=reason,
+    )
 
 
 _EVENT_NAMES = {event: event.value for event in EventType}
@@ -352,6 +359,18 @@ _MASTER = EmitterRole.MASTER
 _OTHER = Verdict.OTHER
 _DECODE = Verdict.DECODE
 _REGISTERED = EventType.MASTER_REGISTERED
+
+
+def dead_letters_of(
+    rejected: Iterable[tuple[store.EventRow, str]], logs: Iterable[Log]
+) -> list[store.DeadLetter]:
+    """Dead letters, with their raw logs (from ``logs``), of decoded events the projector
+    rejected (:meth:`Projector.enrich`)."""
+    by_position = {log.position: log for log in logs}
+    return [
+        dead_letter(by_position[event.block_number, event.log_index], reason)
+        for event, reason in rejected
+    ]
 
 
 def _new_registration_targets(
@@ -1062,8 +1081,10 @@ class Syncer:
             self._start_prefetch(last + 1, bound, following)
         write: Callable[[store.Conn], None]
         if ahead is None:
-            events = self.projector.enrich(self.source, processed.events)
+            events, rejected = self.projector.enrich(self.source, processed.events)
             batch = self._batch(headers[last], processed, events, final=bound is not None)
+            if rejected:
+                batch.dead_letters = [*batch.dead_letters, *dead_letters_of(rejected, logs)]
             write = functools.partial(self.projector.apply, chain_id=self.chain_id, batch=batch)
         else:
             batch, write = ahead.batch, ahead.write
@@ -1125,7 +1146,7 @@ class Syncer:
             to_block=last,
             to_hash=headers[last].hash,
             events=len(processed.events),
-            dead_letters=len(processed.dead_letters),
+            dead_letters=len(batch.dead_letters),
             ignored=processed.ignored,
             registrations=len(processed.registrations),
             event_counts=counts,

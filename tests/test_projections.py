@@ -278,7 +278,7 @@ def test_weird_coins_still_get_a_row(
 ) -> None:
     h = make_harness()
     forger, _ = _coin_forger(h)
-    coin = deploy(h.w3, "WeirdCoin", raw_name, raw_symbol, 10**30 + 5, 20, name_reverts)
+    coin = deploy(h.w3, "WeirdCoin", raw_name, raw_symbol, 10**30, 20, name_reverts)
     artist = add_user(h)
     _announce(h, forger, artist, coin.address.lower())
     h.sync()
@@ -295,28 +295,70 @@ def test_weird_coins_still_get_a_row(
     )
     context = h.conn.execute("SELECT context FROM indexer_events").fetchone()[0]
     assert context["coin"]["raw"]["name"] in (None, "0x" + raw_name.hex())
-    assert context["coin"]["totalSupplyUnits"] == str(10**30 + 5)
+    assert context["coin"]["totalSupplyUnits"] == str(10**30)
 
 
-def test_coin_supply_too_large_for_the_column_does_not_stop_indexing(
-    make_harness: MakeHarness,
+@pytest.mark.parametrize(
+    "units, decimals, why",
+    [
+        (2**256 - 1, 0, "cannot hold it exactly"),  # 78 whole digits: NUMERIC(78,18) holds 60
+        (10**24 + 1, 24, "cannot hold it exactly"),  # 1.000000000000000000000001 tokens
+        (10**61, 0, "cannot hold it exactly"),  # 62 whole digits
+    ],
+)
+def test_coin_supply_the_column_cannot_hold_is_a_dead_letter_not_a_wrong_value(
+    make_harness: MakeHarness, units: int, decimals: int, why: str
 ) -> None:
+    """SPEC §8 pins the supply as exact in NUMERIC(78,18) and §4.6 wants uint256 extremes to
+    give a clear error or a dead letter: neither a rounded nor a made-up supply is stored; a
+    backend row keeps its values; indexing goes on."""
     h = make_harness()
     forger, _ = _coin_forger(h)
-    units = 2**256 - 1  # 78 whole digits with decimals() = 0: NUMERIC(78,18) holds 60
-    coin = _plain_coin(h, "Huge", units, 0)
-    artist = add_user(h)
-    _announce(h, forger, artist, coin)
+    coin = _plain_coin(h, "Huge", units, decimals)
+    fresh, backend = add_user(h), add_user(h)
+    h.conn.execute(
+        "INSERT INTO artist_coins (artist_id, name, symbol, total_supply) "
+        "VALUES (%s, 'Backend', 'BK', 5)",
+        (backend,),
+    )
+    h.conn.commit()
+    _announce(h, forger, fresh, coin)
+    _announce(h, forger, backend, coin)
+    fine = _plain_coin(h, "Fine", 10**30, 24)  # 1,000,000 tokens: exact with 24 decimals
+    _announce(h, forger, fresh, fine)
     h.sync()
     assert h.state().indexed_block == h.head()
-    row = h.conn.execute(
-        "SELECT name, total_supply, contract_address FROM artist_coins WHERE artist_id = %s",
-        (artist,),
-    ).fetchone()
-    assert row == ("Huge", Decimal(0), coin)
-    context = h.conn.execute("SELECT context FROM indexer_events").fetchone()[0]
-    assert context["coin"]["totalSupplyUnits"] == str(units)
-    assert any("does not fit" in note for note in context["coin"]["notes"])
+    rows = h.conn.execute(
+        "SELECT artist_id, name, symbol, total_supply::text, contract_address FROM artist_coins"
+    ).fetchall()
+    assert sorted(rows) == sorted(
+        [
+            (fresh, "Fine", "Fine", "1000000.000000000000000000", fine),
+            (backend, "Backend", "BK", "5.000000000000000000", None),
+        ]
+    )
+    letters = h.conn.execute(
+        "SELECT address, topics[3], reason FROM indexer_dead_letters ORDER BY block_number"
+    ).fetchall()
+    assert [(a, t[-40:]) for a, t, _ in letters] == [(forger.address.lower(), coin[2:])] * 2
+    assert all(why in reason and "ArtistCoinDeployed" in reason for _, _, reason in letters)
+    assert h.conn.execute(
+        "SELECT count(*) FROM indexer_events WHERE event_type = 'ArtistCoinDeployed'"
+    ).fetchone() == (1,)
+
+
+def test_coin_that_does_not_tell_its_supply_is_a_dead_letter(make_harness: MakeHarness) -> None:
+    """An announced address with no code answers every call with nothing: no supply to store,
+    so no row with a made-up one."""
+    h = make_harness()
+    forger, _ = _coin_forger(h)
+    artist = add_user(h)
+    _announce(h, forger, artist, "0x" + "ab" * 20)
+    h.sync()
+    assert h.state().indexed_block == h.head()
+    assert h.conn.execute("SELECT count(*) FROM artist_coins").fetchone() == (0,)
+    (reason,) = h.conn.execute("SELECT reason FROM indexer_dead_letters").fetchone()
+    assert "totalSupply() did not answer a uint256" in reason
 
 
 def test_coin_address_announced_again_moves_to_the_new_artist_and_back_on_reorg(
