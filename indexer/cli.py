@@ -15,18 +15,28 @@ import psycopg
 import sqlalchemy as sa
 
 from indexer import __version__
-from indexer.config import load_settings
+from indexer.config import Settings, load_settings
 from indexer.errors import IndexerError
+from indexer.logs import configure_logging
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+def load_command_settings(config: str | None, require: tuple[str, ...]) -> Settings:
+    """A command's settings, with its log lines (RPC retries, failovers…) sent to stderr in
+    the configured format: stdout carries only the command's own output, so ``status --json``
+    and ``query … --json`` print exactly one JSON document."""
+    settings = load_settings(config, require=require)
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
 def _cmd_migrate(args: argparse.Namespace) -> int:
     from indexer import migrate
 
-    settings = load_settings(args.config, require=("database_url",))
+    settings = load_command_settings(args.config, require=("database_url",))
     url = settings.database_url
     assert url is not None
     version = migrate.upgrade(url, args.revision)
@@ -39,10 +49,8 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from indexer.daemon import Daemon
-    from indexer.logs import configure_logging
 
-    settings = load_settings(args.config, require=("database_url", "rpc_urls"))
-    configure_logging(settings.log_format, settings.log_level)
+    settings = load_command_settings(args.config, require=("database_url", "rpc_urls"))
     daemon = Daemon(settings)
     daemon.install_signal_handlers()
     return daemon.run()
@@ -53,7 +61,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     from indexer.status import collect_status, render_status
 
-    settings = load_settings(args.config, require=("database_url",))
+    settings = load_command_settings(args.config, require=("database_url",))
     status = collect_status(settings, args.chain_id)
     print(json.dumps(status, sort_keys=True) if args.json else render_status(status))
     return EXIT_OK
@@ -64,7 +72,7 @@ def _cmd_rewind(args: argparse.Namespace) -> int:
     from indexer.status import pick_chain_id
     from indexer.sync import connect
 
-    settings = load_settings(args.config, require=("database_url",))
+    settings = load_command_settings(args.config, require=("database_url",))
     assert settings.database_url is not None
     with connect(settings.database_url) as conn:
         chain_id = pick_chain_id(conn, args.chain_id or settings.chain_id)
@@ -162,6 +170,7 @@ def add_config_option(parser: argparse.ArgumentParser, *, after_command: bool = 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()  # to stderr until a command has its settings (see load_command_settings)
     try:
         return int(args.handler(args))
     except IndexerError as exc:

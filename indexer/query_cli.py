@@ -21,7 +21,6 @@ import sqlalchemy as sa
 
 from indexer import query
 from indexer.cli import add_config_option
-from indexer.config import load_settings
 from indexer.db import create_engine
 from indexer.errors import IndexerError
 
@@ -177,7 +176,9 @@ def add_query_parser(commands: Any) -> None:
 
 
 def run_query(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, require=("database_url",))
+    from indexer.cli import load_command_settings
+
+    settings = load_command_settings(args.config, require=("database_url",))
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=1)
     try:

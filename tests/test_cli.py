@@ -3,6 +3,7 @@ a non-zero exit code, no traceback, and nothing stored touched (SPEC §4.6)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,23 @@ def test_run_against_a_database_that_does_not_exist_stops_clearly(anvil: Any) ->
         "AUDIFI_HTTP_PORT": "0",
     }
     assert_clear(run("run", env=env), 2, "audifi_no_such_database", "does not exist")
+
+
+def test_status_and_query_json_stdout_is_one_json_document_when_the_node_fails(
+    database_url: str,
+) -> None:
+    """SPEC §8: ``status --json`` prints one JSON object. The RPC client's retry warnings (a
+    dead endpoint) go to stderr in the configured format, never into that document."""
+    env = {
+        "AUDIFI_DATABASE_URL": database_url,
+        "AUDIFI_RPC_URL": "http://127.0.0.1:1",
+        "AUDIFI_LOG_FORMAT": "json",
+    }
+    for args in (("status", "--json"), ("query", "status", "--json")):
+        result = run(*args, env=env)
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout)  # one document, nothing else
+    result = run("status", "--json", env=env)
+    assert "rpc_error" in json.loads(result.stdout)
+    warnings = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert warnings and all(w["event"] == "rpc_retry" for w in warnings), result.stderr

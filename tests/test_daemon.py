@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ID = 31337  # anvil's default
 TRANSFER = Web3.keccak(text="Transfer(address,address,uint256)")
 DIVIDEND = Web3.keccak(text="DividendDeposited(bytes16,uint256)")
+STOP_TIMEOUT = 15.0
+"""Seconds a daemon may take to stop after SIGTERM before a test calls it hung."""
 
 
 # ------------------------------------------------------------------------------- processes
@@ -125,7 +127,14 @@ class Proc:
             os.kill(self.pid, signum)
 
     def wait(self, timeout: float) -> int:
-        rc = self.process.wait(timeout=timeout)
+        """The exit code; fails, with the log's tail, when the process outlives ``timeout``."""
+        try:
+            rc = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{self.args} still running {timeout} s later; stderr tail:\n"
+                f"{''.join(self.lines[-30:])}"
+            ) from None
         self._reader.join(timeout=5)
         return rc
 
@@ -342,9 +351,9 @@ def test_sigterm_exits_zero_and_leaves_a_consistent_database(
     proc = spawn(env)
     proc.wait_for("batch_committed", count=3)
     proc.signal(signal.SIGTERM)
-    asked = time.monotonic()
-    assert proc.wait(timeout=5) == 0, proc.stderr()
-    assert time.monotonic() - asked < 5
+    # Bounds that tell a hang from finishing the batch in hand on a loaded two-core machine
+    # (SPEC §5 sets no time; systemd waits 90 s by default): not a speed target.
+    assert proc.wait(timeout=STOP_TIMEOUT) == 0, proc.stderr()
     assert proc.named("shutdown_requested") and proc.named("stopped")
     assert "Traceback" not in proc.stderr()
     indexed, _ = world.cursor()
@@ -355,9 +364,7 @@ def test_sigterm_exits_zero_and_leaves_a_consistent_database(
     world.wait_indexed(head, proc)
     time.sleep(0.5)
     proc.signal(signal.SIGTERM)
-    asked = time.monotonic()
-    assert proc.wait(timeout=5) == 0, proc.stderr()
-    assert time.monotonic() - asked < 3
+    assert proc.wait(timeout=STOP_TIMEOUT) == 0, proc.stderr()
     world.assert_consistent(up_to=head)
 
 
