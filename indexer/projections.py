@@ -456,8 +456,26 @@ class AudifiProjector(Projector):
         proportion to what the reorg took back); any other share — changed by a final batch,
         a rebuild, or a pass whose range the ancestor splits — is re-derived from the event
         log (:func:`recompute_shares`, cost in proportion to its master's history). Both give
-        the share as a fresh index up to the ancestor would."""
-        self.forget()
+        the share as a fresh index up to the ancestor would.
+
+        The projector's caches are left as they are once this transaction commits (the engine
+        calls :meth:`forget` when it does not), so the next batch and poll do not start from
+        nothing — which cost O(all shares) for the owners' re-link and O(history) per master
+        for its mint count after every reorg: the applied-mint counts less the mints taken
+        back (counted here, from the window's events), and the users' fingerprint and the
+        shares written since the last re-link as they were (a rollback links every share it
+        puts back to the users as they are now and never writes ``users``)."""
+        counts, self._mint_counts = self._mint_counts, {}
+        self._nothing_pending = False
+        taken_back = dict(
+            conn.execute(
+                "SELECT c.master_id::text, count(*) FROM indexer_events e JOIN indexer_contracts"
+                " c ON c.chain_id = e.chain_id AND c.address = e.address WHERE e.chain_id = %s "
+                "AND e.block_number > %s AND e.applied AND e.event_type = 'Transfer' "
+                "AND e.args->>'from' = %s GROUP BY c.master_id",
+                (chain_id, ancestor, ZERO_ADDRESS),
+            ).fetchall()
+        )
         touched = conn.execute(
             "SELECT DISTINCT ON (c.master_id, (e.args->>'tokenId')::numeric) c.master_id, "
             "(e.args->>'tokenId')::numeric, e.block_number, e.log_index FROM indexer_events e "
@@ -487,6 +505,7 @@ class AudifiProjector(Projector):
                 derived.append(share)
         _restore_shares(conn, exact)
         recompute_shares(conn, chain_id, derived, up_to=ancestor)
+        self._mint_counts = {m: n - taken_back.get(m, 0) for m, n in counts.items()}
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -792,11 +792,16 @@ class Syncer:
         return self._registrations
 
     def forget_cache(self) -> None:
-        """Drop in-memory caches (after a rollback, a failed write, or a reconnect)."""
+        """Drop in-memory caches (after a failed write, or a reconnect)."""
+        self._forget_engine_cache()
+        self.projector.forget()
+
+    def _forget_engine_cache(self) -> None:
+        """The engine's own caches (registrations, prefetch, plan, reader), not the
+        projector's: a committed rollback leaves the projector's as they are after it."""
         self._registrations = None
         self._prefetch = None
         self._ahead = self._ahead_offer = None
-        self.projector.forget()
         self._close_reader()
 
     def close(self) -> None:
@@ -1259,6 +1264,9 @@ class Syncer:
                 self._recheck_cursor(state)
                 store.set_halt(self.conn, self.chain_id, reason)
             return StepResult(Outcome.HALTED, head=head, reason=reason)
+        if self._ahead_offer is not None:  # the plan's pass advanced the projector's caches
+            self._ahead_offer = None
+            self.projector.forget()
         writing = time.perf_counter()
         try:
             with self.conn.transaction():
@@ -1271,8 +1279,11 @@ class Syncer:
                     abandoned_hash=state.indexed_hash or "",
                     outbox=self.options.outbox,
                 )
-        finally:
+        except BaseException:
             self.forget_cache()
+            raise
+        # Committed: Projector.rollback left its caches as they are after it.
+        self._forget_engine_cache()
         self._known_head = (ancestor.number, ancestor.hash)
         depth = (state.indexed_block or ancestor.number) - ancestor.number
         return StepResult(

@@ -640,6 +640,54 @@ def test_reorg_puts_shares_back_from_their_before_images(
     assert oldest is not None and (oldest[0] is None or oldest[0] >= h.head() - 12)
 
 
+def test_reorg_keeps_the_mint_counts_and_the_owner_links_it_can(
+    make_harness: MakeHarness, pg_template: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed rollback leaves the projector's caches as they are after it — the mint
+    counts less the mints it took back, the users' fingerprint — so the next batch does not
+    count each master's whole history again and the next poll does not re-link every share
+    (both grew with the chain). Tiers after the reorg, and owners, equal a fresh index."""
+    calls: list[str] = []
+    counted, relinked = projections._applied_mint_counts, projections.relink_owners
+
+    def count_spy(conn: Any, masters: Any) -> Any:
+        calls.append("count")
+        return counted(conn, masters)
+
+    def relink_spy(conn: Any, shares: Any = None) -> None:
+        calls.append("relink all" if shares is None else "relink some")
+        relinked(conn, shares)
+
+    monkeypatch.setattr(projections, "_applied_mint_counts", count_spy)
+    monkeypatch.setattr(projections, "relink_owners", relink_spy)
+    h = make_harness(finality_depth=12)
+    alice, bob = h.node.accounts[1:3]
+    artist = add_user(h)
+    add_user(h, wallet=bob)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist, tiers=(2, 2, 2, "9", "8", "7", "6"))
+    own = register_shares(h, master_id)
+    send_tx(h.w3, own.functions.batchMint(alice, 1, 2))  # tier 1, 1
+    h.sync()
+    send_tx(h.w3, own.functions.mint(bob, 3))  # tier 2
+    send_tx(h.w3, own.functions.mint(bob, 4))  # tier 2
+    h.sync()
+    h.syncer.reconcile()
+    calls.clear()
+    # The two single mints are taken back; one mint in their place.
+    anvil_reorg(h.node, 2, [(reorg_tx(own.functions.mint(alice, 7), h.node.accounts[0]), 0)])
+    h.sync()
+    h.syncer.reconcile()
+    send_tx(h.w3, own.functions.batchMint(bob, 8, 3))  # k = 4, 5, 6: tiers 2, 3, 3
+    h.sync()
+    h.syncer.reconcile()
+    assert "count" not in calls and "relink all" not in calls, calls
+    assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
+    assert [(row[0], row[3]) for row in shares_of(h.conn, master_id)] == [
+        (1, 1), (2, 1), (7, 2), (8, 2), (9, 3), (10, 3)
+    ]  # fmt: skip
+
+
 def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> None:
     """SPEC §8: a message's ``data`` holds the decoded values and the effect — here checked
     against the rows the same batch wrote."""
