@@ -139,8 +139,13 @@ def test_cli(synced: dict[str, Any]) -> None:
     events = _cli(url, "events", "--type", "Transfer", "--limit", "2")
     assert events.returncode == 0 and events.stdout.count("Transfer") == 2
     # Empty, missing and bad input
-    empty = _cli(url, "holders", str(uuid.uuid4()))
-    assert empty.returncode == 0 and "(none)" in empty.stdout
+    quiet = uuid.uuid4()  # a master with no shares and no dividends yet
+    add_master(synced["h"], quiet, synced["artist"])
+    for what in ("holders", "dividends"):
+        empty = _cli(url, what, str(quiet))
+        assert empty.returncode == 0 and "(none)" in empty.stdout, empty.stderr
+        unknown = _cli(url, what, str(uuid.uuid4()))  # docs/query.md: exit 1, not an empty list
+        assert unknown.returncode == 1 and "no master" in unknown.stderr and not unknown.stdout
     missing = _cli(url, "master", str(uuid.uuid4()))
     assert missing.returncode == 1 and "no master" in missing.stderr
     bad = _cli(url, "master", "not-a-uuid")
