@@ -140,6 +140,8 @@ class Daemon:
             settings.rpc_urls, timeout=settings.rpc_timeout, observer=self.metrics.rpc_observer
         )
         self.stop_event = threading.Event()
+        self._stop_signal: int | None = None
+        """The signal that asked for a stop, until the main thread acts on it."""
         self.status = DaemonStatus()
         self.on_step = on_step
         self.server: MetricsServer | None = None
@@ -160,21 +162,41 @@ class Daemon:
 
     # -- signals and waiting -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT ask the loop to stop after the batch in hand.
+
+        The handler only stores the signal's number: Python runs it in the main thread
+        between two bytecodes — possibly while that thread holds a lock the handler would
+        take (the log's writer lock, the stop event's condition), which deadlocked the daemon
+        when a signal arrived as it finished writing a log line (seen: no
+        ``shutdown_requested``, no progress, killed 15 s later). The main thread turns it
+        into ``stop_event`` and the log line at its next check (:meth:`_stop_requested`:
+        every loop turn and every :data:`WAIT_SLICE` of a wait)."""
+
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            self.stop_event.set()
+            self._stop_signal = signum  # one attribute store: no lock, no I/O
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
+
+    def _stop_requested(self) -> bool:
+        """True once a stop was asked for (a signal, or ``stop_event`` set by another thread);
+        the first time after a signal, logs it and sets ``stop_event`` for the other threads."""
+        signum = self._stop_signal
+        if signum is not None and not self.stop_event.is_set():
+            log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            self.stop_event.set()
+        return self.stop_event.is_set()
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds`` in short slices (health keeps beating); True on stop."""
         deadline = time.monotonic() + max(0.0, seconds)
         while True:
             self.health.beat()
+            if self._stop_requested():
+                return True
             left = deadline - time.monotonic()
             if left <= 0:
-                return self.stop_event.is_set()
+                return False
             if self.stop_event.wait(min(WAIT_SLICE, left)):
                 return True
 
@@ -274,7 +296,7 @@ class Daemon:
         """Block until this process holds the chain's advisory lock (False: stop requested)."""
         key = leader_lock_key(chain_id)
         announced = False
-        while not self.stop_event.is_set():
+        while not self._stop_requested():
             try:
                 if self._lock_conn is None or self._lock_conn.closed:
                     self._lock_conn = self._connect()
@@ -403,7 +425,7 @@ class Daemon:
         )
         backoff = Backoff()
         try:
-            while not self.stop_event.is_set():
+            while not self._stop_requested():
                 self.health.beat()
                 if not self._still_leader():
                     log.error("leadership_lost", chain_id=chain_id)

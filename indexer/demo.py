@@ -255,10 +255,11 @@ def _explore(settings: Settings, node: AnvilNode, say: Say) -> None:
     say(f"  query      AUDIFI_DATABASE_URL={settings.database_url} audifi-indexer query status")
     if settings.http_port:
         say(f"  metrics    http://127.0.0.1:{settings.http_port}/metrics")
-    stop = threading.Event()
-    previous: Any = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # The handler only records the signal (no lock: see Daemon.install_signal_handlers).
+    stopped: list[int] = []
+    previous: Any = signal.signal(signal.SIGTERM, lambda signum, _: stopped.append(signum))
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stopped:
+            time.sleep(0.5)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -522,3 +522,46 @@ def test_database_of_another_chain_halts_and_writes_nothing(
     proc.signal(signal.SIGTERM)
     assert proc.wait(timeout=5) == 0, proc.stderr()
     assert "Traceback" not in proc.stderr()
+
+
+def test_signal_handler_takes_no_lock_and_does_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python runs a signal handler in the main thread between two bytecodes, possibly while
+    that thread holds the log writer's lock: a handler that logged deadlocked the daemon (a
+    SIGTERM as it finished writing `batch_committed`: no `shutdown_requested`, no progress).
+    The handler only records the signal; the main thread logs it and sets the stop event at
+    its next check."""
+    from indexer import daemon as daemon_module
+    from indexer.config import Settings
+
+    calls: list[str] = []
+
+    class Forbidden:
+        def __getattr__(self, name: str) -> Any:
+            def refuse(*args: Any, **kwargs: Any) -> None:
+                calls.append(name)
+                raise AssertionError(f"the signal handler called {name}()")
+
+            return refuse
+
+    settings = Settings(database_url="postgresql://u@127.0.0.1:9/x", rpc_urls=("http://x:1",))
+    d = daemon_module.Daemon(settings)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        d.install_signal_handlers()
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler)
+        event = d.stop_event
+        with monkeypatch.context() as patched:
+            patched.setattr(daemon_module, "log", Forbidden())
+            patched.setattr(d, "stop_event", Forbidden())
+            handler(signal.SIGTERM, None)  # no lock, no I/O: nothing above may be touched
+        assert calls == [] and not event.is_set()
+        logged: list[tuple[str, dict[str, Any]]] = []
+        monkeypatch.setattr(daemon_module.log, "info", lambda name, **kw: logged.append((name, kw)))
+        assert d._stop_requested() and event.is_set()
+        assert d._stop_requested()  # logged once
+        assert logged == [("shutdown_requested", {"signal": "SIGTERM"})]
+        assert d._wait(5.0)  # a wait returns at once
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
