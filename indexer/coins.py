@@ -12,7 +12,8 @@ Guarantees:
   string. ``artist_coins.total_supply`` is NUMERIC(78,18) (pinned by SPEC §8): it holds at
   most 60 whole digits and 18 decimal places. A supply it cannot hold exactly — more whole
   digits, a non-zero digit past the 18th decimal place —, or one the coin does not tell
-  (``totalSupply()`` reverts or does not answer a uint256, ``decimals()`` is not a uint8) sets
+  (``totalSupply()`` reverts or does not answer a uint256, ``decimals()`` answers no
+  uint8) sets
   :attr:`CoinInfo.supply_problem`: the deployment is then kept as a dead letter (SPEC §4.6)
   rather than stored with a value that is not the coin's (see
   :meth:`indexer.projections.AudifiProjector.enrich`). A ``decimals()`` that reverts is taken
@@ -154,7 +155,9 @@ def read_coin(source: ChainSource, address: str, block_hash: str) -> CoinInfo:
     decimals = number("decimals", DEFAULT_DECIMALS)
     if answers["decimals"] is None:
         notes.append(f"decimals() reverted: taken as {DEFAULT_DECIMALS} (the ERC-20 convention)")
-    if decimals > 255:
+    if answers["decimals"] is not None and len(answers["decimals"]) < 32:
+        problem = "decimals() did not answer a uint8"
+    elif decimals > 255:
         problem = f"decimals() = {decimals} is not a uint8"
         decimals = DEFAULT_DECIMALS
     units = number("totalSupply", 0)

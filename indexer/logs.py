@@ -36,7 +36,8 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(stream=sys.stderr)  # a handler once; a second call adds none
+    logging.getLogger().setLevel(max(numeric, logging.WARNING))  # every call sets the level
 
 
 def get_logger(name: str = "audifi") -> structlog.typing.FilteringBoundLogger:

@@ -463,8 +463,10 @@ class AudifiProjector(Projector):
         nothing — which cost O(all shares) for the owners' re-link and O(history) per master
         for its mint count after every reorg: the applied-mint counts less the mints taken
         back (counted here, from the window's events), and the users' fingerprint and the
-        shares written since the last re-link as they were (a rollback links every share it
-        puts back to the users as they are now and never writes ``users``)."""
+        shares written since the last re-link, to which the shares it puts back are added (it
+        links them to the users as they are now, which may be a passing state the fingerprint
+        does not see — wallets changed and changed back: found by review), so the next
+        re-link costs O(reorg), not O(all shares)."""
         counts, self._mint_counts = self._mint_counts, {}
         self._nothing_pending = False
         taken_back = dict(
@@ -506,6 +508,9 @@ class AudifiProjector(Projector):
         _restore_shares(conn, exact)
         recompute_shares(conn, chain_id, derived, up_to=ancestor)
         self._mint_counts = {m: n - taken_back.get(m, 0) for m, n in counts.items()}
+        # Linked to the users as they are now, which may be a passing state the fingerprint
+        # does not see (wallets changed and changed back): the next re-link covers them.
+        self._note_written((str(master), int(token)) for master, token, _, _ in touched)
 
 
 # ------------------------------------------------------------------------------- helpers

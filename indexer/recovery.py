@@ -37,6 +37,16 @@ def rewind(
         from indexer.projections import AudifiProjector
 
         projector = AudifiProjector()
+    try:
+        return _rewind(conn, chain_id, to_block, outbox=outbox, projector=projector)
+    except BaseException:
+        projector.forget()  # its rollback left caches for a commit that did not happen
+        raise
+
+
+def _rewind(
+    conn: store.Conn, chain_id: int, to_block: int, *, outbox: bool, projector: Projector
+) -> RewindResult:
     with conn.transaction():
         state = store.lock_state(conn, chain_id)
         if state is None:

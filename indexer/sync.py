@@ -1143,14 +1143,14 @@ class Syncer:
         known = self._known_registrations()
         known.update((r.address, r) for r in processed.registrations)
         self._known_head = (last, headers[last].hash)
-        counts = dict(collections.Counter(event.event_type for event in processed.events))
+        counts = dict(collections.Counter(event.event_type for event in batch.events))
         return StepResult(
             Outcome.PROGRESSED,
             head=head,
             from_block=first,
             to_block=last,
             to_hash=headers[last].hash,
-            events=len(processed.events),
+            events=len(batch.events),
             dead_letters=len(batch.dead_letters),
             ignored=processed.ignored,
             registrations=len(processed.registrations),

@@ -326,8 +326,11 @@ def test_coin_supply_the_column_cannot_hold_is_a_dead_letter_not_a_wrong_value(
     _announce(h, forger, backend, coin)
     fine = _plain_coin(h, "Fine", 10**30, 24)  # 1,000,000 tokens: exact with 24 decimals
     _announce(h, forger, fresh, fine)
-    h.sync()
+    results = h.sync()
     assert h.state().indexed_block == h.head()
+    # What a step reports (metrics, logs) is what it stored: one event, two dead letters.
+    assert sum(r.events for r in results) == 1 and sum(r.dead_letters for r in results) == 2
+    assert sum((r.event_counts or {}).get("ArtistCoinDeployed", 0) for r in results) == 1
     rows = h.conn.execute(
         "SELECT artist_id, name, symbol, total_supply::text, contract_address FROM artist_coins"
     ).fetchall()
@@ -686,6 +689,37 @@ def test_reorg_keeps_the_mint_counts_and_the_owner_links_it_can(
     assert [(row[0], row[3]) for row in shares_of(h.conn, master_id)] == [
         (1, 1), (2, 1), (7, 2), (8, 2), (9, 3), (10, 3)
     ]  # fmt: skip
+
+
+def test_reorg_relinks_what_it_put_back_when_the_users_changed_and_changed_back(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """Found by review of the cache-keeping rollback: a share the rollback puts back is linked
+    to the users as they are during the rollback; if a wallet is unlinked then and linked
+    again before the next poll, the users' fingerprint is unchanged — the next re-link must
+    still cover that share."""
+    h = make_harness(finality_depth=12)
+    alice, bob = h.node.accounts[1:3]
+    artist = add_user(h)
+    bob_id = add_user(h, wallet=bob)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist)
+    own = register_shares(h, master_id)
+    send_tx(h.w3, own.functions.mint(bob, 1))
+    h.sync()
+    h.syncer.reconcile()
+    send_tx(h.w3, own.functions.transferFrom(bob, alice, 1), sender=bob)
+    h.sync()
+    h.syncer.reconcile()  # the users' fingerprint noted; nothing written since
+    h.conn.execute("UPDATE users SET wallet_address = NULL WHERE id = %s", (bob_id,))
+    replacement = reorg_tx(h.contracts.distributor.functions.record(master_id.bytes, 1), alice)
+    anvil_reorg(h.node, 1, [(replacement, 0)])  # token 1 goes back to bob, who has no user now
+    h.sync()
+    h.conn.execute("UPDATE users SET wallet_address = %s WHERE id = %s", (bob, bob_id))
+    h.syncer.reconcile()
+    assert [row[:3] for row in shares_of(h.conn, master_id)] == [(1, bob.lower(), bob_id)]
+    fresh = fresh_serial_index(h, pg_template, reconcile=True)["tables"]
+    assert fresh == domain_tables(h.conn, coin_ids=False)
 
 
 def test_redis_messages_say_what_each_event_did(make_harness: MakeHarness) -> None:
