@@ -151,21 +151,23 @@ def read_coin(source: ChainSource, address: str, block_hash: str) -> CoinInfo:
             return default
         return int.from_bytes(answer[:32], "big")
 
-    problem: str | None = None
+    decimals_answer, supply_answer = answers["decimals"], answers["totalSupply"]
     decimals = number("decimals", DEFAULT_DECIMALS)
-    if answers["decimals"] is None:
+    units = number("totalSupply", 0)
+    if decimals_answer is None:
         notes.append(f"decimals() reverted: taken as {DEFAULT_DECIMALS} (the ERC-20 convention)")
-    if answers["decimals"] is not None and len(answers["decimals"]) < 32:
+    problem: str | None = None
+    if supply_answer is None or len(supply_answer) < 32:
+        problem = "totalSupply() did not answer a uint256"
+    elif decimals_answer is not None and len(decimals_answer) < 32:
         problem = "decimals() did not answer a uint8"
     elif decimals > 255:
         problem = f"decimals() = {decimals} is not a uint8"
+    if decimals > 255:
         decimals = DEFAULT_DECIMALS
-    units = number("totalSupply", 0)
     supply = units_to_decimal(units, decimals)
     stored = storable_supply(supply)
-    if answers["totalSupply"] is None or len(answers["totalSupply"] or b"") < 32:
-        problem = "totalSupply() did not answer a uint256"
-    elif problem is None and stored is None:
+    if problem is None and stored is None:
         problem = (
             f"totalSupply() / 10^decimals() = {units} / 10^{decimals} = {supply} tokens: "
             f"artist_coins.total_supply NUMERIC(78,18) cannot hold it exactly (at most "

@@ -467,7 +467,6 @@ class AudifiProjector(Projector):
         links them to the users as they are now, which may be a passing state the fingerprint
         does not see — wallets changed and changed back: found by review), so the next
         re-link costs O(reorg), not O(all shares)."""
-        counts, self._mint_counts = self._mint_counts, {}
         self._nothing_pending = False
         taken_back = dict(
             conn.execute(
@@ -507,7 +506,7 @@ class AudifiProjector(Projector):
                 derived.append(share)
         _restore_shares(conn, exact)
         recompute_shares(conn, chain_id, derived, up_to=ancestor)
-        self._mint_counts = {m: n - taken_back.get(m, 0) for m, n in counts.items()}
+        self._mint_counts = {m: n - taken_back.get(m, 0) for m, n in self._mint_counts.items()}
         # Linked to the users as they are now, which may be a passing state the fingerprint
         # does not see (wallets changed and changed back): the next re-link covers them.
         self._note_written((str(master), int(token)) for master, token, _, _ in touched)

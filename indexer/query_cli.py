@@ -89,16 +89,16 @@ def _master(engine: sa.Engine, a: argparse.Namespace) -> tuple[Any, str]:
     return m, render_table([m])
 
 
-def _known_master(engine: sa.Engine, master: str, empty: bool) -> None:
-    """An empty answer about a master that does not exist is "not found" (exit 1), not an
-    empty list (exit 0): the two must not look alike."""
-    if empty:
-        _one(query.master(engine, master), f"master {master.strip()}")
+def _known_master(engine: sa.Engine, master: str) -> None:
+    """Called on an empty answer: a master that does not exist is "not found" (exit 1), not
+    an empty list (exit 0) — the two must not look alike."""
+    _one(query.master(engine, master), f"master {master.strip()}")
 
 
 def _holders(engine: sa.Engine, a: argparse.Namespace) -> tuple[Any, str]:
     page = query.holders(engine, a.master, limit=a.limit, offset=a.offset)
-    _known_master(engine, a.master, page.total == 0)
+    if page.total == 0:
+        _known_master(engine, a.master)
     footer = f"\n{len(page.items)} of {page.total} holders (offset {page.offset})"
     return page, render_table(page.items) + footer
 
@@ -117,7 +117,8 @@ def _shares(engine: sa.Engine, a: argparse.Namespace) -> tuple[Any, str]:
 
 def _dividends(engine: sa.Engine, a: argparse.Namespace) -> tuple[Any, str]:
     history = query.dividends(engine, a.master, limit=a.limit, offset=a.offset)
-    _known_master(engine, a.master, history.count == 0)
+    if history.count == 0:
+        _known_master(engine, a.master)
     footer = f"\n{history.count} deposits, total {history.total_wei} wei"
     return history, render_table(history.events) + footer
 

@@ -804,6 +804,13 @@ class Syncer:
         self._ahead = self._ahead_offer = None
         self._close_reader()
 
+    def _drop_ahead_offer(self) -> None:
+        """Drop the previous step's plan unused, with the projector's caches: its pass
+        advanced them for a batch that is not written."""
+        if self._ahead_offer is not None:
+            self._ahead_offer = None
+            self.projector.forget()
+
     def close(self) -> None:
         """Close the engine's connections (the caller stops using it), after a write still
         running in :class:`_Writer` (a step interrupted while waiting for it) has ended."""
@@ -841,9 +848,7 @@ class Syncer:
             avoid_current_endpoint(self.source, str(exc))
             raise
         finally:
-            if self._ahead_offer is not None:  # planned ahead for a batch this step did not write
-                self._ahead_offer = None
-                self.projector.forget()  # its pass advanced the projector's caches
+            self._drop_ahead_offer()  # planned ahead for a batch this step did not write
 
     def _step(self) -> StepResult:
         state = store.load_state(self.conn, self.chain_id) or self.ensure_state()
@@ -1070,8 +1075,7 @@ class Syncer:
         # it fail, step() drops it with the projector's caches.
         ahead = self._ahead_offer
         if ahead is not None and ahead.processed is not processed:
-            self._ahead_offer = None
-            self.projector.forget()  # planned for other work: its pass advanced the caches
+            self._drop_ahead_offer()  # planned for other work
             ahead = None
         if processed is None:
             check_logs(logs, first, last, headers)
@@ -1264,9 +1268,7 @@ class Syncer:
                 self._recheck_cursor(state)
                 store.set_halt(self.conn, self.chain_id, reason)
             return StepResult(Outcome.HALTED, head=head, reason=reason)
-        if self._ahead_offer is not None:  # the plan's pass advanced the projector's caches
-            self._ahead_offer = None
-            self.projector.forget()
+        self._drop_ahead_offer()  # before Projector.rollback starts from the caches
         writing = time.perf_counter()
         try:
             with self.conn.transaction():
