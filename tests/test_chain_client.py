@@ -178,6 +178,18 @@ def _source(urls: list[str], **kw: Any) -> HttpChainSource:
         (-32000, "block range is too wide", None, None),
         (-32000, "exceed maximum block range: 2000", None, None),
         (-32600, "range limit exceeded", None, None),
+        # QuickNode (found by QA: "blocks range" was taken as a fatal -32602)
+        (
+            -32602,
+            "eth_getLogs and eth_newFilter are limited to a 10,000 blocks range",
+            None,
+            None,
+        ),
+        (-32602, "eth_getLogs is limited to a 10000 block range", None, None),
+        (-32602, "range 1000000 exceeds limit of 10000", None, None),  # Infura, live API
+        # Erigon ≥ 3.4 (--rpc.blockrange.limit, --rpc.logs.maxresults)
+        (-32602, "query block range exceeds server limit, narrow your filter: 1000", None, None),
+        (-32000, "query returns too many logs, narrow your filter: 20000", None, None),
         (-32005, "query returned more than 10000 results. Try [0x9, 0x2]", None, None),
     ],
 )

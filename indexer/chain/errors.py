@@ -223,7 +223,8 @@ class CallRevertedError(RpcError):
 _RANGE_MESSAGE = re.compile(
     r"more than \d[\d,]* results|too many (?:results|logs)|block range|range (?:is )?too"
     r"|range limit|max(?:imum)? (?:block )?range|exceeds? max results"
-    r"|response size (?:exceeded|too)|limited to a [\d,]+ (?:block )?range",
+    r"|response size (?:exceeded|too)|limited to a [\d,]+ (?:blocks? )?range"
+    r"|range [\d,]+ exceeds (?:the )?limit|narrow your filter",
     re.IGNORECASE,
 )
 _NUM = r"(0x[0-9a-fA-F]+|\d+)"
