@@ -452,6 +452,89 @@ def merge_logs(*groups: Iterable[Log]) -> list[Log]:
     return [by_position[p] for p in sorted(by_position)]
 
 
+def _selected(wanted: LogFilter, logs: list[Log]) -> list[Log]:
+    """The logs of ``logs`` that ``wanted`` would select (emitter, first topic, block); one
+    comprehension per filter shape, no call per log (this runs over every answer)."""
+    lo, hi = wanted.from_block, wanted.to_block
+    addresses, topics = frozenset(wanted.addresses), frozenset(wanted.topic0)
+    if addresses and topics:
+        return [
+            log for log in logs
+            if log.address in addresses and log.topics and log.topics[0] in topics
+            and lo <= log.block_number <= hi
+        ]  # fmt: skip
+    if addresses:
+        return [log for log in logs if log.address in addresses and lo <= log.block_number <= hi]
+    if topics:
+        return [
+            log for log in logs
+            if log.topics and log.topics[0] in topics and lo <= log.block_number <= hi
+        ]  # fmt: skip
+    return [log for log in logs if lo <= log.block_number <= hi]
+
+
+def agreed_logs(filters: Sequence[LogFilter], groups: Sequence[list[Log]]) -> list[Log]:
+    """The answers of one batch's ``eth_getLogs`` filters, merged (:func:`merge_logs`), after
+    checking that they agree where the filters overlap: every log one answer holds that
+    another filter selects too (a trusted emitter's log with a rare AudiFi signature comes
+    back from both) must be in that filter's answer, identical. An answer that lacks it was
+    served partly — one call of the batch answered by a lagging node behind a load balancer:
+    an :class:`InconsistentResponseError`, the step retried (SPEC §4.4; found by QA: an empty
+    address-filter answer beside a full topic-filter answer lost a block's transfers, as the
+    block then looked answered to the bloom check). One pass over each answer: the overlap is
+    collected from both sides and compared, no index of the large answer is built."""
+    for i, first in enumerate(filters):
+        for j in range(i + 1, len(filters)):
+            second = filters[j]
+            from_i, from_j = _selected(second, groups[i]), _selected(first, groups[j])
+            if from_i != from_j:
+                _raise_disagreement(from_i, from_j)
+    return merge_logs(*groups)
+
+
+def _raise_disagreement(a: list[Log], b: list[Log]) -> None:
+    at_a = {log.position: log for log in a}
+    at_b = {log.position: log for log in b}
+    for position in sorted(at_a.keys() | at_b.keys()):
+        if at_a.get(position) != at_b.get(position):
+            raise _inconsistent(
+                "the answers of two eth_getLogs filters disagree about a log both select",
+                block=position[0],
+                log_index=position[1],
+                in_first=position in at_a,
+                in_second=position in at_b,
+            )
+    # same logs, another order: one answer not in chain order
+    raise _inconsistent("the answers of two eth_getLogs filters list their common logs apart")
+
+
+def confirm_empty_answers(
+    source: ChainSource, filters: Sequence[LogFilter], groups: Sequence[list[Log]]
+) -> None:
+    """Ask again, once, each emitter filter (``addresses``) whose answer was empty: a
+    different answer is an :class:`InconsistentResponseError` (the step retried). For final
+    ranges (backfill), whose headers are not all fetched, so the bloom check sees only their
+    ends: an empty answer from a node behind a load balancer lagging in its log index would
+    otherwise commit an empty range (SPEC §4.4; found by QA: a range whose end blocks held no
+    AudiFi log lost every event in it). One more ``eth_getLogs`` per empty range; a node that
+    answers the same every time is believed (a node that lies consistently about final
+    blocks is beyond any check short of every header's bloom). The topic filter is not asked
+    again: the trusted emitters' logs it selects also come with the emitter filter
+    (:func:`agreed_logs`), and an untrusted spoof is only ever counted."""
+    empty = [f for f, group in zip(filters, groups, strict=True) if f.addresses and not group]
+    if not empty:
+        return
+    again, _ = source.fetch(empty, [])
+    for wanted, answer in zip(empty, again, strict=True):
+        if answer:
+            raise _inconsistent(
+                "an empty eth_getLogs answer, and logs when asked again",
+                from_block=wanted.from_block,
+                to_block=wanted.to_block,
+                logs=len(answer),
+            )
+
+
 def make_filters(addresses: tuple[str, ...], first: int, last: int) -> list[LogFilter]:
     """The eth_getLogs filters of a range: the rare AudiFi signatures from any emitter (spoofs
     are counted), and every log of the trusted and registered contracts."""
@@ -618,8 +701,9 @@ def prepare_final_range(
     addresses = tuple(sorted({*trust.addresses, *registrations}))
     narrowed = None
     while True:
+        filters = make_filters(addresses, first, last)
         try:
-            groups, ends = source.fetch(make_filters(addresses, first, last), [first, last])
+            groups, ends = source.fetch(filters, [first, last])
             break
         except RangeTooLargeError as exc:
             last = narrowed_last(first, last, exc)
@@ -627,7 +711,8 @@ def prepare_final_range(
     numbers = [first, last] if last != first else [first]
     check_headers(numbers, ends[: len(numbers)])
     headers = {h.number: h for h in ends if h is not None}
-    logs = merge_logs(*groups)
+    logs = agreed_logs(filters, groups)
+    confirm_empty_answers(source, filters, groups)
     missing = missing_log_blocks(headers.values(), logs, watched_masks(trust, registrations))
     if missing:
         raise _missing_logs_error(*missing[0])  # the step fetches again and decides
@@ -637,8 +722,7 @@ def prepare_final_range(
     processed = process_logs(logs, headers, trust, registrations)
     processed.ignored += before
     return _Prepared(
-        first, last, make_filters(addresses, first, last), registrations, narrowed, logs,
-        headers, processed,
+        first, last, filters, registrations, narrowed, logs, headers, processed
     )  # fmt: skip
 
 
@@ -926,8 +1010,9 @@ class Syncer:
             )  # fmt: skip
         last = min(last, first + self._range - 1)
         while True:
+            filters = self._filters(first, last)
             try:
-                groups, ends = self.source.fetch(self._filters(first, last), [first, last])
+                groups, ends = self.source.fetch(filters, [first, last])
                 break
             except RangeTooLargeError as exc:
                 last = self._narrow(first, last, exc)
@@ -935,8 +1020,9 @@ class Syncer:
         check_headers(numbers, ends[: len(numbers)])
         headers = {h.number: h for h in ends if h is not None}
         self._check_link(state, headers[first])
-        logs = merge_logs(*groups)
+        logs = agreed_logs(filters, groups)
         self._check_blooms(headers.values(), logs)
+        confirm_empty_answers(self.source, filters, groups)
         fetch_missing_headers(self.source, logs, headers)
         return self._commit(
             state, head, first, last, logs, headers, window=[headers[last]], bound=bound
@@ -991,8 +1077,9 @@ class Syncer:
         last = min(target, first + self.options.near_head_range - 1)
         while True:
             numbers = list(range(first, last + 1))
+            filters = self._filters(first, last)
             try:
-                groups, fetched = self.source.fetch(self._filters(first, last), numbers)
+                groups, fetched = self.source.fetch(filters, numbers)
                 break
             except RangeTooLargeError as exc:
                 last = self._narrow(first, last, exc)
@@ -1001,7 +1088,7 @@ class Syncer:
         self._check_link(state, chain[0])
         check_linked(chain)
         headers = {h.number: h for h in chain}
-        logs = merge_logs(*groups)
+        logs = agreed_logs(filters, groups)
         self._check_blooms(chain, logs)
         return self._commit(state, head, first, last, logs, headers, window=chain)
 

@@ -24,7 +24,7 @@ from indexer.chain.http_source import HttpChainSource
 from indexer.chain.types import BlockHeader, Log, LogFilter
 from indexer.decode import TOPIC0, EventType
 from indexer.sync import Outcome, Trust
-from tests.fixtures.chains import deploy, send_tx
+from tests.fixtures.chains import deploy, mine_in_one_block, send_tx
 from tests.fixtures.indexing import Harness, copy_backend_rows, domain_tables
 from tests.fixtures.rpc_proxy import RpcProxy
 from tests.test_projections import add_master, add_user
@@ -173,6 +173,63 @@ def test_bloom_false_positive_is_taken_after_agreeing_answers(
             doubted += 1
     assert doubted == BLOOM_RETRIES
     assert h.state().indexed_block == h.head() and h.stored() == []
+
+
+def test_one_filter_answered_empty_beside_a_full_one_is_retried(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    """One ``eth_getLogs`` of the batch answered ``[]`` (served by a node whose log index
+    lags), the other in full (SPEC §4.4; found by QA): a block holding a deposit and a
+    transfer, the emitter filter's answer empty. The deposit still comes back through the
+    topic filter, so the block looked answered to the bloom check and its transfer was lost;
+    the two answers disagree about the deposit, which both select: nothing is written."""
+    h = make_harness()  # every block inside the window: the live path, all headers fetched
+    alice, bob = h.node.accounts[1], h.node.accounts[2]
+    master_id, shares = h.new_master(mint_to=alice, count=2)
+    h.sync()
+    mine_in_one_block(
+        h.w3,
+        [
+            h.contracts.distributor.functions.record(master_id.bytes, 5),
+            (shares.functions.transferFrom(alice, bob, 1), alice),
+        ],
+    )
+    stored = h.stored()
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.empty_logs(1, emitter_filters_only=True)
+    with pytest.raises(InconsistentResponseError, match="two eth_getLogs filters disagree"):
+        h.syncer.step()
+    assert h.stored() == stored
+    h.sync()
+    assert h.stored() == h.expected()
+
+
+def test_empty_final_range_is_asked_again(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    """A backfill range answered ``[]`` by both filters while its end blocks hold no AudiFi
+    log, so their blooms cannot tell (SPEC §4.4; found by QA: the whole range was committed
+    empty): the emitter filter is asked again, and its second answer, not empty, fails the
+    step; the retry indexes everything. With the prefetch on, the range ahead is checked the
+    same way (a failed prefetch leaves the work to the step)."""
+    h = make_harness(finality_depth=1)
+    h.node.mine(2)
+    start = h.head() + 1
+    _activity(h, 4)
+    h.node.mine(3)  # the final range's last block holds no log
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.empty_logs(2)  # both answers of the first range's batch
+    failed = 0
+    for _ in range(20):
+        try:
+            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
+                break
+        except InconsistentResponseError as exc:
+            assert "asked again" in str(exc)
+            failed += 1
+    assert failed == 1
+    assert h.stored() == h.expected()
+    assert len([row for row in h.stored() if row[0] >= start]) == 4
 
 
 class SplitSource:
