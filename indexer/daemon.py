@@ -137,7 +137,10 @@ class Daemon:
             confirmations=settings.confirmations,
         )
         self.source: ChainSource = source or HttpChainSource(
-            settings.rpc_urls, timeout=settings.rpc_timeout, observer=self.metrics.rpc_observer
+            settings.rpc_urls,
+            timeout=settings.rpc_timeout,
+            observer=self.metrics.rpc_observer,
+            expected_chain_id=settings.chain_id,
         )
         self.stop_event = threading.Event()
         self._stop_signal: int | None = None

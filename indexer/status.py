@@ -34,7 +34,12 @@ def collect_status(settings: Settings, chain_id: int | None = None) -> dict[str,
     node_chain: int | None = None
     rpc_error: str | None = None
     if settings.rpc_urls:
-        source = HttpChainSource(settings.rpc_urls, timeout=settings.rpc_timeout, max_attempts=2)
+        source = HttpChainSource(
+            settings.rpc_urls,
+            timeout=settings.rpc_timeout,
+            max_attempts=2,
+            expected_chain_id=settings.chain_id,
+        )
         try:
             node_chain = source.chain_id()
             head = source.head()

@@ -490,8 +490,53 @@ def test_dead_first_endpoint_fails_over_to_the_second(anvil: AnvilNode) -> None:
     dead = _closed_port_url()
     source = _source([dead, anvil.url], observer=lambda m, e, o, s: seen.append((e, o)))
     assert source.head() == anvil.w3.eth.block_number
-    assert source.chain_id() == 31337  # sticky: the dead endpoint is not tried again
-    assert seen == [(dead, "connection_error"), (anvil.url, "ok"), (anvil.url, "ok")]
+    assert seen == [(dead, "connection_error"), (anvil.url, "ok")]
+    assert source.chain_id() == 31337  # asks every endpoint once
+    assert source.head() == anvil.w3.eth.block_number  # sticky: the dead one is not tried
+    assert seen[2:] == [(dead, "connection_error"), (anvil.url, "ok"), (anvil.url, "ok")]
+
+
+def test_endpoints_on_different_chains_are_refused(
+    anvil: AnvilNode, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    """Found by QA: the chain came from whichever endpoint answered first, so a database was
+    stamped with a wrong endpoint's chain id while it held the other's data."""
+    other = anvil_factory(extra_args=["--chain-id", "999"])
+    with pytest.raises(FatalRpcError, match=r"serve different chains .*31337.*999|999.*31337"):
+        _source([other.url, anvil.url]).chain_id()
+
+
+def test_expected_chain_leaves_an_endpoint_on_another_chain_out(
+    anvil: AnvilNode, anvil_factory: Callable[..., AnvilNode]
+) -> None:
+    other = anvil_factory(extra_args=["--chain-id", "999"])
+    seen: list[tuple[str, str]] = []
+    source = _source(
+        [other.url, anvil.url],
+        expected_chain_id=31337,
+        observer=lambda m, e, o, s: seen.append((m, e)),
+    )
+    assert source.chain_id() == 31337
+    assert source.head() == anvil.w3.eth.block_number
+    assert source.clone().head() == anvil.w3.eth.block_number
+    assert [m for m, e in seen if e == other.url] == ["eth_chainId"]  # never used
+
+
+def test_endpoint_silent_at_start_is_asked_its_chain_before_use(
+    anvil: AnvilNode,
+    anvil_factory: Callable[..., AnvilNode],
+    rpc_proxy_factory: Callable[..., RpcProxy],
+) -> None:
+    """An endpoint that did not answer when the chain was pinned is asked which chain it
+    serves before its first use; another chain: never used, the request goes on elsewhere."""
+    other = anvil_factory(extra_args=["--chain-id", "999"])
+    late = rpc_proxy_factory(other.url).fail_next(1, status=503)
+    source = _source([late.url, anvil.url])
+    assert source.chain_id() == 31337  # `late` failed its eth_chainId
+    source._current = 0  # as after a failover back to it
+    assert source.head() == anvil.w3.eth.block_number
+    assert source.head() == anvil.w3.eth.block_number
+    assert late.requests == ["eth_chainId", "eth_chainId"]  # never eth_blockNumber
 
 
 def test_503_then_success_is_retried(rpc_proxy: RpcProxy, anvil: AnvilNode) -> None:

@@ -128,6 +128,21 @@ def test_run_against_a_database_that_does_not_exist_stops_clearly(anvil: Any) ->
     assert_clear(run("run", env=env), 2, "audifi_no_such_database", "does not exist")
 
 
+def test_run_with_endpoints_on_different_chains_stops_clearly(
+    anvil: Any, anvil_factory: Any, database_url: str
+) -> None:
+    """Found by QA: the daemon took the chain of whichever endpoint answered first and
+    stamped the database with it. Endpoints that disagree, with no AUDIFI_CHAIN_ID to say
+    which is right: one line naming both chains, exit 2, nothing written."""
+    other = anvil_factory(extra_args=["--chain-id", "999"])
+    env = {
+        "AUDIFI_DATABASE_URL": database_url,
+        "AUDIFI_RPC_URL": f"{other.url},{anvil.url}",
+        "AUDIFI_HTTP_PORT": "0",
+    }
+    assert_clear(run("run", env=env), 2, "serve different chains", "999", "31337")
+
+
 def test_status_and_query_json_stdout_is_one_json_document_when_the_node_fails(
     database_url: str,
 ) -> None:

@@ -21,11 +21,19 @@ Guarantees:
 - The endpoint that last answered stays the current one (sticky) until it fails, or until the
   caller finds its answer inconsistent (:meth:`HttpChainSource.avoid_current`).
 - Each retry is logged as ``rpc_retry`` (method, masked endpoint, outcome, attempt, wait).
+- One chain: :meth:`HttpChainSource.chain_id` asks every endpoint and pins the chain — the
+  expected one (``AUDIFI_CHAIN_ID``) where configured, else the one the answering endpoints
+  agree on (endpoints that disagree: :class:`~indexer.chain.errors.FatalRpcError`). From then
+  on an endpoint serving another chain is never used (``rpc_endpoint_wrong_chain``), and one
+  that did not answer then is asked its chain before its first use. (Found by QA: the chain
+  id came from whichever endpoint answered first, and a database was stamped with a wrong
+  endpoint's chain while it held another's data.)
 - Not thread-safe: one source per thread.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import random
 import time
@@ -40,6 +48,7 @@ import orjson
 from tenacity import RetryCallState, Retrying, retry_if_exception_type
 
 from indexer.chain.errors import (
+    FatalRpcError,
     RateLimitedError,
     RpcError,
     TransientRpcError,
@@ -223,6 +232,8 @@ class _Endpoint:
     client: JsonRpcClient
     cooldown_until: float = 0.0
     """``time.monotonic()`` before which the endpoint is not used (rate limited)."""
+    chain_id: int | None = None
+    """The chain the endpoint said it serves (asked once), None until it answered."""
 
 
 class HttpChainSource:
@@ -239,17 +250,21 @@ class HttpChainSource:
         backoff_max: float = 8.0,
         max_wait: float = 30.0,
         rate_limit_pause: float = 1.0,
+        expected_chain_id: int | None = None,
     ) -> None:
         if not urls:
             raise ValueError("HttpChainSource needs at least one endpoint URL")
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self._endpoints = [_Endpoint(JsonRpcClient(u, timeout, observer=observer)) for u in urls]
-        self._settings = (
-            tuple(urls), timeout, max_attempts, observer,
-            dict(backoff_base=backoff_base, backoff_max=backoff_max, max_wait=max_wait,
-                 rate_limit_pause=rate_limit_pause),
+        self._same_settings: Callable[[], HttpChainSource] = functools.partial(
+            HttpChainSource, tuple(urls), timeout, max_attempts, observer,
+            backoff_base=backoff_base, backoff_max=backoff_max, max_wait=max_wait,
+            rate_limit_pause=rate_limit_pause, expected_chain_id=expected_chain_id,
         )  # fmt: skip
+        self._expected_chain = expected_chain_id
+        self._chain: int | None = None
+        """The pinned chain (see :meth:`chain_id`); None before."""
         self._current = 0
         self._max_attempts = max_attempts
         self._backoff_base = backoff_base
@@ -260,8 +275,11 @@ class HttpChainSource:
     def clone(self) -> HttpChainSource:
         """A new source with the same endpoints and settings and connections of its own (for
         another thread: a source is not thread-safe). Cool-downs are not shared."""
-        urls, timeout, max_attempts, observer, options = self._settings
-        return HttpChainSource(urls, timeout, max_attempts, observer, **options)
+        clone = self._same_settings()
+        clone._chain = self._chain
+        for mine, theirs in zip(self._endpoints, clone._endpoints, strict=True):
+            theirs.chain_id = mine.chain_id
+        return clone
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -271,7 +289,34 @@ class HttpChainSource:
     # ---------------------------------------------------------------- ChainSource
 
     def chain_id(self) -> int:
-        return self._run("eth_chainId", lambda c: self._quantity_of(c, "eth_chainId"))
+        """The chain the endpoints serve, pinned by the first call: every endpoint is asked
+        (one attempt each; none answering raises its error — the caller retries); the chain
+        is the expected one where configured and served, else the one the answering
+        endpoints agree on. Endpoints on another chain are left out from then on. The
+        expected chain served by none: the first answer is returned, nothing pinned (the
+        caller reports the mismatch)."""
+        if self._chain is not None:
+            return self._chain
+        reported = self._run("eth_chainId", self._ask_every_endpoint)
+        chains = {cid for _, cid in reported}
+        if self._expected_chain is not None:
+            if self._expected_chain not in chains:
+                return reported[0][1]
+            chain = self._expected_chain
+        elif len(chains) > 1:
+            served = ", ".join(f"{url} → {cid}" for url, cid in reported)
+            raise FatalRpcError(
+                f"the endpoints of AUDIFI_RPC_URL serve different chains ({served}): keep only "
+                "the right network's endpoints, or set AUDIFI_CHAIN_ID to the chain to index",
+                method="eth_chainId",
+            )
+        else:
+            chain = chains.pop()
+        self._chain = chain
+        for endpoint in self._endpoints:
+            if endpoint.chain_id not in (None, chain):
+                self._log_wrong_chain(endpoint)
+        return chain
 
     def head(self) -> int:
         return self._run("eth_blockNumber", lambda c: self._quantity_of(c, "eth_blockNumber"))
@@ -367,6 +412,8 @@ class HttpChainSource:
     def _attempt(self, method: str, attempt: Callable[[JsonRpcClient], T]) -> T:
         endpoint = self._pick(method)
         try:
+            if self._chain is not None and endpoint.chain_id is None:
+                self._check_chain(endpoint)
             return attempt(endpoint.client)
         except RateLimitedError as exc:
             pause = exc.retry_after if exc.retry_after is not None else self._rate_limit_pause
@@ -377,14 +424,74 @@ class HttpChainSource:
             self._move_past(endpoint)
             raise
 
+    def _ask_every_endpoint(self, _picked: JsonRpcClient) -> list[tuple[str, int]]:
+        """(masked URL, chain id) of every endpoint that answers ``eth_chainId`` (asked once
+        each); none answering raises the first error (retried by :meth:`_run`)."""
+        first_error: RpcError | None = None
+        for endpoint in self._endpoints:
+            if endpoint.chain_id is None:
+                try:
+                    endpoint.chain_id = self._quantity_of(endpoint.client, "eth_chainId")
+                except RpcError as exc:
+                    first_error = first_error or exc
+        reported = [
+            (mask_endpoint(e.client.url), e.chain_id)
+            for e in self._endpoints
+            if e.chain_id is not None
+        ]
+        if not reported:
+            assert first_error is not None
+            raise first_error
+        return reported
+
+    def _check_chain(self, endpoint: _Endpoint) -> None:
+        """Ask an endpoint not asked yet which chain it serves, before its first use once the
+        chain is pinned; another chain: :class:`TransientRpcError` (the retry moves on), and
+        the endpoint is never picked again."""
+        endpoint.chain_id = self._quantity_of(endpoint.client, "eth_chainId")
+        if endpoint.chain_id != self._chain:
+            self._log_wrong_chain(endpoint)
+            raise TransientRpcError(
+                f"the endpoint serves chain {endpoint.chain_id}, not {self._chain}",
+                endpoint=mask_endpoint(endpoint.client.url),
+                method="eth_chainId",
+                outcome="bad_response",
+            )
+
+    def _log_wrong_chain(self, endpoint: _Endpoint) -> None:
+        log.error(
+            "rpc_endpoint_wrong_chain",
+            endpoint=mask_endpoint(endpoint.client.url),
+            endpoint_chain_id=endpoint.chain_id,
+            chain_id=self._chain,
+            hint="this AUDIFI_RPC_URL endpoint is never used; remove it or point it at the "
+            "right network",
+        )
+
+    def _usable(self) -> list[int]:
+        """Indexes of the endpoints on the pinned chain (or not asked yet)."""
+        chain = self._chain
+        usable = [
+            i
+            for i, e in enumerate(self._endpoints)
+            if chain is None or e.chain_id is None or e.chain_id == chain
+        ]
+        if not usable:
+            raise FatalRpcError(
+                f"no endpoint of AUDIFI_RPC_URL serves chain {chain} any more",
+                method="eth_chainId",
+            )
+        return usable
+
     def _pick(self, method: str) -> _Endpoint:
-        """The current endpoint, or the next one not cooling down; sleeps (≤ ``max_wait``)
-        when all are cooling down."""
+        """The current endpoint, or the next one not cooling down (endpoints on another
+        chain left out); sleeps (≤ ``max_wait``) when all are cooling down."""
         now = time.monotonic()
         count = len(self._endpoints)
+        usable = self._usable()
         for k in range(count):
             index = (self._current + k) % count
-            if self._endpoints[index].cooldown_until <= now:
+            if index in usable and self._endpoints[index].cooldown_until <= now:
                 self._current = index
                 return self._endpoints[index]
         wait = self._cooldown_left()
@@ -405,7 +512,7 @@ class HttpChainSource:
     def _cooldown_left(self) -> float:
         """Seconds until some endpoint may be used again (0 when one may be used now)."""
         now = time.monotonic()
-        return max(0.0, min(e.cooldown_until for e in self._endpoints) - now)
+        return max(0.0, min(self._endpoints[i].cooldown_until for i in self._usable()) - now)
 
     def _should_stop(self, state: RetryCallState) -> bool:
         return state.attempt_number >= self._max_attempts or self._cooldown_left() > self._max_wait
