@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import psycopg
 
 from indexer import foreign_keys, store
@@ -1086,31 +1085,33 @@ def _restore_shares(conn: store.Conn, images: Sequence[_ShareImage]) -> None:
 def restore_snapshots(conn: store.Conn, chain_id: int, above: int) -> None:
     """Undo, newest first, the backend-row changes of events above block ``above``, and drop
     every before-image kept above it (those of shares are read first by the rollback)."""
+    # The image stays JSON text end to end (as the shares' do): parsed in Python, a NUMERIC
+    # such as a coin's total_supply became a float and came back rounded (found by QA).
     rows = conn.execute(
-        "SELECT id, table_name, row_id, before FROM indexer_snapshots WHERE chain_id = %s "
-        "AND block_number > %s AND table_name <> 'nft_shares' "
-        "ORDER BY block_number DESC, log_index DESC, id DESC",
+        "SELECT table_name, row_id, before::text, before->>'contract_address' "
+        "FROM indexer_snapshots WHERE chain_id = %s AND block_number > %s "
+        "AND table_name <> 'nft_shares' ORDER BY block_number DESC, log_index DESC, id DESC",
         (chain_id, above),
     ).fetchall()
-    for _, table, row_id, before in rows:
+    for table, row_id, before, coin_address in rows:
         columns = MASTERS_RESTORED if table == "masters" else COINS_RESTORED
         if before is None:
             conn.execute(f"DELETE FROM {table} WHERE id = %s", (row_id,))
             continue
-        if table == "artist_coins" and before.get("contract_address"):
+        if table == "artist_coins" and coin_address:
             # Restored newest first, by position; an announcement applied late (it waited for
             # its artist) may have moved the address out of that order: whoever holds it now
             # gives it up, so the unique key cannot stop a rollback.
             conn.execute(
                 "UPDATE artist_coins SET contract_address = NULL, deployed_at = NULL "
                 "WHERE contract_address = %s AND id <> %s",
-                (before["contract_address"], row_id),
+                (coin_address, row_id),
             )
         assignments = ", ".join(f"{c} = r.{c}" for c in columns)
         conn.execute(
-            f"UPDATE {table} t SET {assignments} FROM jsonb_populate_record(NULL::{table}, %s) r"
-            " WHERE t.id = %s",
-            (orjson.dumps(before).decode(), row_id),
+            f"UPDATE {table} t SET {assignments} FROM jsonb_populate_record(NULL::{table}, "
+            "%s::jsonb) r WHERE t.id = %s",
+            (before, row_id),
         )
     conn.execute(
         "DELETE FROM indexer_snapshots WHERE chain_id = %s AND block_number > %s",

@@ -474,13 +474,17 @@ def test_reorg_of_the_later_announcement_gives_the_address_to_the_late_one(
     assert fresh == domain_tables(h.conn, coin_ids=False)
 
 
-def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness) -> None:
+@pytest.mark.parametrize("supply", ["5", "1234567890123456789.123456789012345678"])
+def test_reorg_puts_a_backend_coin_row_back(make_harness: MakeHarness, supply: str) -> None:
+    """SPEC §8: the backend row gets its own values back — exactly (found by QA: the
+    before-image went through a Python float, 1234567890123456789.123… came back as
+    1234567890123456800)."""
     h = make_harness()
     artist, other = add_user(h), add_user(h)
     h.conn.execute(
         "INSERT INTO artist_coins (artist_id, name, symbol, total_supply) "
-        "VALUES (%s, 'Planned', 'PLN', 5)",
-        (artist,),
+        "VALUES (%s, 'Planned', 'PLN', %s)",
+        (artist, Decimal(supply)),
     )
     before = domain_tables(h.conn)
     factory = h.contracts.factory
