@@ -204,6 +204,33 @@ def test_one_filter_answered_empty_beside_a_full_one_is_retried(
     assert h.stored() == h.expected()
 
 
+def _log(address: str, topic: str, block: int, index: int) -> Log:
+    return Log(
+        address=address, topics=(topic,), data="0x", block_number=block,
+        block_hash=f"0x{block:064x}", tx_hash=f"0x{index:064x}", tx_index=0, log_index=index,
+    )  # fmt: skip
+
+
+def test_filters_agree_whatever_the_order_or_repeats_of_an_answer() -> None:
+    """The two answers are compared by position (found by review): a gateway that lists an
+    answer out of chain order, or repeats a log, is not a disagreement; a log one answer
+    lacks is."""
+    from indexer.sync import agreed_logs, make_filters
+
+    registry, master = "0x" + "1" * 40, "0x" + "2" * 40
+    rare, transfer = TOPIC0[EventType.MASTER_REGISTERED], TOPIC0[EventType.TRANSFER]
+    filters = make_filters((master, registry), 1, 20)
+    registered, deposit_like = _log(registry, rare, 10, 0), _log(registry, rare, 11, 0)
+    moved = _log(master, transfer, 11, 1)
+    topic_answer = [registered, deposit_like]
+    emitter_answer = [moved, deposit_like, registered, registered]  # unordered, repeated
+    merged = agreed_logs(filters, [topic_answer, emitter_answer])
+    assert merged == [registered, deposit_like, moved]
+    with pytest.raises(InconsistentResponseError, match="disagree") as error:
+        agreed_logs(filters, [topic_answer, [moved, registered]])
+    assert error.value.values["block"] == 11 and error.value.values["in_second"] is False
+
+
 def test_empty_final_range_is_asked_again(
     make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
 ) -> None:

@@ -535,7 +535,7 @@ class HttpChainSource:
     def _wait_seconds(self, state: RetryCallState) -> float:
         """No pause inside a round (next endpoint at once); jittered exponential backoff after
         each full round; never less than the time until an endpoint is usable."""
-        rounds, rest = divmod(state.attempt_number, len(self._endpoints))
+        rounds, rest = divmod(state.attempt_number, len(self._usable()))
         backoff = 0.0
         if rest == 0:
             ceiling = min(self._backoff_max, self._backoff_base * 2 ** (rounds - 1))
