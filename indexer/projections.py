@@ -22,6 +22,10 @@ Guarantees:
 * **Owners follow users.** ``owner_id`` is the user whose ``wallet_address`` matches
   ``owner_wallet`` case-insensitively; ``reconcile`` re-links shares when a user links or
   changes a wallet.
+* **Tiers follow the IPO configuration.** A master's ``ipo_configs`` row added, changed or
+  removed after its shares were minted: ``reconcile`` gives those shares tier and royalty by
+  the configuration as it is (what a fresh index gives, SPEC §4.1), at the next poll —
+  whenever the change was made (``indexer_tier_configs`` keeps what the shares were given).
 * **Reorgs are exact.** :meth:`AudifiProjector.rollback` (called before the event log loses
   the events above the ancestor) recomputes every share those events touched from the events
   that remain, deletes their dividend rows, and puts backend rows (``masters``,
@@ -279,8 +283,9 @@ class AudifiProjector(Projector):
         return work
 
     def reconcile(self, conn: store.Conn, chain_id: int, *, before_images: bool = True) -> int:
-        """Apply the pending events whose rows now exist, and re-link owners (``before_images``:
-        keep the shares' before-images, see :func:`_keep_share_images`)."""
+        """Apply the pending events whose rows now exist, re-tier the shares of masters whose
+        IPO configuration changed, and re-link owners (``before_images``: keep the shares'
+        before-images, see :func:`_keep_share_images`)."""
         try:
             pending = _load_pending(conn, chain_id)
             applied: list[tuple[int, int]] = []
@@ -290,6 +295,7 @@ class AudifiProjector(Projector):
                 _write_pass(conn, chain_id, work)
                 applied = work.applied
                 _mark_applied(conn, chain_id, applied)
+            self._retier(conn, chain_id)
             self._relink(conn)
         except BaseException:
             self.forget()
@@ -309,6 +315,36 @@ class AudifiProjector(Projector):
             relink_owners(conn, shares=written)
         self._users_seen = seen
         self._written = set()
+
+    def _retier(self, conn: store.Conn, chain_id: int) -> None:
+        """:func:`retier_shares` of the masters whose ``ipo_configs`` tiers differ from the
+        ones their shares were last given (``indexer_tier_configs``, updated here in the same
+        transaction: a failed reconcile leaves both as they were). One query per poll,
+        computed in PostgreSQL; O(their history) when a configuration changed."""
+        changed = [
+            row[0]
+            for row in conn.execute(
+                f"SELECT coalesce(c.master_id, s.master_id) FROM ({_TIER_DIGESTS}) c "
+                "FULL JOIN (SELECT master_id, digest FROM indexer_tier_configs "
+                "WHERE chain_id = %s) s ON s.master_id = c.master_id "
+                "WHERE c.digest IS DISTINCT FROM s.digest",
+                (chain_id,),
+            ).fetchall()
+        ]
+        if not changed:
+            return
+        shares = retier_shares(conn, chain_id, changed)
+        conn.execute(
+            "DELETE FROM indexer_tier_configs WHERE chain_id = %s AND master_id = ANY(%s)",
+            (chain_id, changed),
+        )
+        conn.execute(
+            f"INSERT INTO indexer_tier_configs (chain_id, master_id, digest) "
+            f"SELECT %s, master_id, digest FROM ({_TIER_DIGESTS}) c WHERE master_id = ANY(%s)",
+            (chain_id, changed),
+        )
+        if shares:
+            log.info("shares_retiered", masters=sorted(map(str, changed)), shares=shares)
 
     def _note_written(self, keys: Iterable[tuple[str, int]]) -> None:
         if self._written is not None:
@@ -600,6 +636,10 @@ _TIER_COLUMNS = (
     "tier1_count, tier2_count, tier3_count, tier1_royalty, tier2_royalty, tier3_royalty, "
     "tier4_royalty"
 )
+
+
+_TIER_DIGESTS = f"SELECT master_id, md5(row({_TIER_COLUMNS})::text) AS digest FROM ipo_configs"
+"""Each master's ``ipo_configs`` tiers, digested (see :meth:`AudifiProjector._retier`)."""
 
 
 def _tier_configs(conn: store.Conn, masters: Iterable[uuid.UUID]) -> dict[uuid.UUID, TierConfig]:
@@ -1222,6 +1262,51 @@ def recompute_shares(
         owner_id = users.get(owner) if owner else None
         upserts.append((master, token, owner_id, owner, tier, royalty, minted_at, last_transfer))
     conn.cursor().executemany(_UPSERT_SHARE, upserts)
+
+
+def retier_shares(conn: store.Conn, chain_id: int, masters: Sequence[uuid.UUID]) -> int:
+    """Tier and royalty of every share of ``masters`` again, by their IPO configuration as it
+    is now and each share's Mover Advantage ordinal (the k of its latest applied mint, counted
+    as :func:`recompute_shares` counts) — what a fresh index gives. Only those two columns
+    change. The shares' before-images are dropped: a rollback then re-derives them from the
+    event log with this configuration instead of putting back a tier of the old one.
+    Returns the number of shares whose tier or royalty changed."""
+    rows = conn.execute(
+        "WITH m AS MATERIALIZED ("
+        "  SELECT c.chain_id, c.master_id, e.args->>'tokenId' AS token, e.block_number,"
+        "  e.log_index FROM indexer_contracts c JOIN indexer_events e"
+        "  ON e.chain_id = c.chain_id AND e.address = c.address"
+        "  WHERE c.master_id = ANY(%s) AND e.event_type = 'Transfer' AND e.applied"
+        "  AND e.args->>'from' = %s), "
+        "k AS (SELECT m.*, row_number() OVER ("
+        "  PARTITION BY master_id ORDER BY block_number, log_index) AS k FROM m) "
+        "SELECT DISTINCT ON (master_id, token) master_id, token, k FROM k WHERE chain_id = %s "
+        "ORDER BY master_id, token, block_number DESC, log_index DESC",
+        (list(masters), ZERO_ADDRESS, chain_id),
+    ).fetchall()
+    conn.execute(
+        "DELETE FROM indexer_snapshots n USING nft_shares s WHERE n.chain_id = %s "
+        "AND n.table_name = 'nft_shares' AND n.row_id = s.id AND s.master_id = ANY(%s)",
+        (chain_id, list(masters)),
+    )
+    if not rows:
+        return 0
+    tiers = _tier_configs(conn, masters)
+    tiered = [(master, token, *tiers[master].tier_of(int(k))) for master, token, k in rows]
+    updated = conn.execute(
+        "UPDATE nft_shares s SET tier = u.tier, royalty_percent = u.royalty "
+        "FROM unnest(%s::uuid[], %s::numeric[], %s::int[], %s::numeric[]) "
+        "AS u(master_id, token_id, tier, royalty) "
+        "WHERE s.master_id = u.master_id AND s.token_id = u.token_id "
+        "AND (s.tier, s.royalty_percent) IS DISTINCT FROM (u.tier, u.royalty)",
+        (
+            [r[0] for r in tiered],
+            [Decimal(r[1]) for r in tiered],
+            [r[2] for r in tiered],
+            [r[3] for r in tiered],
+        ),
+    )
+    return updated.rowcount
 
 
 def rebuild(conn: store.Conn, chain_id: int) -> int:

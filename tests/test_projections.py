@@ -647,6 +647,61 @@ def test_reorg_puts_shares_back_from_their_before_images(
     assert oldest is not None and (oldest[0] is None or oldest[0] >= h.head() - 12)
 
 
+def test_ipo_configuration_added_after_the_mints_retiers_them(
+    make_harness: MakeHarness, pg_template: str
+) -> None:
+    """SPEC §3/§4.1: tiers come from the master's ``ipo_configs`` row, and the tables equal a
+    fresh index — so a row the backend adds (or changes) after the shares were minted gives
+    them their tiers within a poll. Found by QA: they kept the defaults' tiers, and a reorg
+    that re-included the last mint re-tiered that share alone (a mix no fresh index gives)."""
+    h = make_harness(finality_depth=12)
+    alice = h.node.accounts[1]
+    artist = add_user(h)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist)  # no ipo_configs row yet: the defaults, 10/40/50
+    own = register_shares(h, master_id)
+    for token in (1, 2, 3):
+        send_tx(h.w3, own.functions.mint(alice, token))
+    h.sync()
+    h.syncer.reconcile()
+    assert [(r[3], r[4]) for r in shares_of(h.conn, master_id)] == [(1, Decimal("10.00"))] * 3
+    h.conn.execute(
+        "INSERT INTO ipo_configs (master_id, initial_price, total_supply, tier1_count, "
+        "tier2_count, tier3_count, tier1_royalty, tier2_royalty, tier3_royalty, tier4_royalty)"
+        " VALUES (%s, 0.1, 100, 1, 1, 0, 12.5, 6, 3, 0.5)",
+        (master_id,),
+    )
+    h.syncer.reconcile()
+    assert [(r[3], r[4]) for r in shares_of(h.conn, master_id)] == [
+        (1, Decimal("12.50")), (2, Decimal("6.00")), (4, Decimal("0.50"))
+    ]  # fmt: skip
+    assert h.syncer.reconcile() == 0  # nothing changed since: nothing to do
+    # QA's reorg: the last block again with the same mint — still what a fresh index gives
+    anvil_reorg(h.node, 1, [(reorg_tx(own.functions.mint(alice, 3), h.node.accounts[0]), 0)])
+    h.sync()
+    h.syncer.reconcile()
+    fresh = fresh_serial_index(h, pg_template, reconcile=True)["tables"]
+    assert fresh == domain_tables(h.conn, coin_ids=False)
+    h.conn.execute("UPDATE ipo_configs SET tier2_count = 5 WHERE master_id = %s", (master_id,))
+    h.syncer.reconcile()
+    assert [r[3] for r in shares_of(h.conn, master_id)] == [1, 2, 2]
+    # what the shares were given is stored with them, not in the engine's memory: a forgotten
+    # cache (found by review) or a change made while no engine ran is still seen
+    h.conn.execute("DELETE FROM ipo_configs WHERE master_id = %s", (master_id,))
+    h.syncer.forget_cache()
+    h.syncer.reconcile()
+    assert [(r[3], r[4]) for r in shares_of(h.conn, master_id)] == [(1, Decimal("10.00"))] * 3
+    h.conn.execute(
+        "INSERT INTO ipo_configs (master_id, initial_price, total_supply, tier1_count, "
+        "tier2_count, tier3_count) VALUES (%s, 0.1, 100, 2, 0, 0)",
+        (master_id,),
+    )
+    with h.conn.transaction():
+        projections.AudifiProjector().reconcile(h.conn, h.chain_id)  # a new engine
+    assert [r[3] for r in shares_of(h.conn, master_id)] == [1, 1, 4]
+    assert fresh_serial_index(h, pg_template)["tables"] == domain_tables(h.conn, coin_ids=False)
+
+
 def test_reorg_keeps_the_mint_counts_and_the_owner_links_it_can(
     make_harness: MakeHarness, pg_template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,8 @@ Guarantees these tables carry (enforced by the engine, see ``indexer/sync.py``):
 * ``indexer_dead_letters`` keeps logs from trusted emitters that failed to decode, raw.
 * ``indexer_outbox`` holds messages for the Redis stream, written with the data they describe
   and published after commit (at least once, in ``id`` order).
+* ``indexer_tier_configs`` keeps, per master, the digest of the ``ipo_configs`` tiers its
+  shares were last given: a configuration added or changed later re-tiers them.
 
 Every row carries ``chain_id``: one database may only ever hold one chain (checked at start),
 but keeping the key makes a mix-up detectable instead of silent.
@@ -164,4 +166,13 @@ sa.Index(
     "idx_indexer_outbox_unpublished",
     indexer_outbox.c.id,
     postgresql_where=indexer_outbox.c.published_at.is_(None),
+)
+
+indexer_tier_configs = sa.Table(
+    "indexer_tier_configs",
+    metadata,
+    sa.Column("chain_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("master_id", pg.UUID(as_uuid=True), primary_key=True),
+    sa.Column("digest", sa.Text, nullable=False),
+    sa.Column("updated_at", TZ, nullable=False, server_default=NOW),
 )
