@@ -190,6 +190,14 @@ def _source(urls: list[str], **kw: Any) -> HttpChainSource:
         # Erigon ≥ 3.4 (--rpc.blockrange.limit, --rpc.logs.maxresults)
         (-32602, "query block range exceeds server limit, narrow your filter: 1000", None, None),
         (-32000, "query returns too many logs, narrow your filter: 20000", None, None),
+        # a gateway that explains in data (Tenderly)
+        (
+            -32602,
+            "invalid params",
+            {"error_id": "4ed9", "payload": "range 9009594 is bigger than range limit 2000"},
+            None,
+        ),
+        (-32000, "block range is larger than max block range, block range = 5120", None, None),
         (-32005, "query returned more than 10000 results. Try [0x9, 0x2]", None, None),
     ],
 )

@@ -344,6 +344,17 @@ def _is_revert(code: int | None, message: str, data: object, method: str) -> boo
     return method in _CALL_METHODS and code in _VM_ERROR_CODES and bool(_revert_data(data))
 
 
+def _data_text(data: object) -> str:
+    """The text an error's ``data`` carries: itself, or the text values of an object (some
+    gateways say "invalid params" and explain in ``data``, e.g. ``{"payload": "range 9009594 is
+    bigger than range limit 2000"}``)."""
+    if isinstance(data, str):
+        return data
+    if isinstance(data, Mapping):
+        return " ".join(v for v in data.values() if isinstance(v, str))
+    return ""
+
+
 def classify_rpc_error(
     code: int | None, message: str, data: object = None, *, method: str, endpoint: str
 ) -> RpcError:
@@ -356,7 +367,7 @@ def classify_rpc_error(
     """
     kw: dict[str, Any] = {"endpoint": endpoint, "method": method, "code": code}
     text = f"JSON-RPC error {code}: {message}"
-    if method == "eth_getLogs" and _RANGE_MESSAGE.search(message):
+    if method == "eth_getLogs" and _RANGE_MESSAGE.search(f"{message} {_data_text(data)}"):
         return RangeTooLargeError(text, suggested=parse_suggested_range(message, data), **kw)
     if code in _RATE_CODES or _RATE_MESSAGE.search(message):
         return RateLimitedError(text, retry_after=_retry_after_from(message, data), **kw)
