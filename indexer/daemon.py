@@ -308,14 +308,14 @@ class Daemon:
                     self._set_leader(True)
                     log.info("leader_acquired", chain_id=chain_id)
                     return True
+                if not announced:  # refused: another instance holds it (not a lost database)
+                    log.info("standby", chain_id=chain_id, reason="another instance holds the lock")
+                    announced = True
             except psycopg.OperationalError as exc:
                 log.warning("leader_lock_error", error=str(exc).strip()[:200])
                 self._lock_conn = None
             except KeyboardInterrupt:
                 return False
-            if not announced:
-                log.info("standby", chain_id=chain_id, reason="another instance holds the lock")
-                announced = True
             self._wait(1.0)
         return False
 

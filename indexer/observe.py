@@ -417,10 +417,12 @@ class HealthState:
             lag = self._lag()
             if age > self.stale_after:
                 reasons.append(f"loop heartbeat {age:.1f}s old (limit {self.stale_after:g}s)")
-            if not self._leader:
-                reasons.append("standby: another instance holds the single-writer lock")
             if self._database_ok is False:
                 reasons.append(f"database unreachable: {self._database_error}")
+                if not self._leader:
+                    reasons.append("standby: the single-writer lock waits for the database")
+            elif not self._leader:
+                reasons.append("standby: another instance holds the single-writer lock")
             if self._halted:
                 reasons.append(f"halted: {self._halt_reason}")
             if lag is None:

@@ -341,6 +341,23 @@ def test_health_standby_is_healthy_not_ready(server: MetricsServer, health: Heal
     assert body["role"] == "standby"
 
 
+def test_standby_for_a_lost_database_does_not_blame_another_instance(
+    server: MetricsServer, health: HealthState
+) -> None:
+    """Found by QA: with the database down the lock is lost and cannot be taken again, and
+    /readyz said another instance held it while none ran."""
+    health.set_leader(False)
+    health.set_database(False, "connection refused")
+    health.beat()
+    status, body = _json(server, "/readyz")
+    assert status == 503
+    assert body["reasons"] == [
+        "database unreachable: connection refused",
+        "standby: the single-writer lock waits for the database",
+        "starting: no step completed yet",
+    ]
+
+
 def test_health_database_unreachable(server: MetricsServer, health: HealthState) -> None:
     _ready_leader(health)
     health.set_database(False, "connection refused")
