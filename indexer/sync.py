@@ -943,7 +943,14 @@ class Syncer:
             self.forget_cache()
             self._known_head = state.head_ref
         if state.halted:
-            return StepResult(Outcome.HALTED, reason=state.halt_reason or "halted")
+            # The stored cursor comes with it, so that a daemon restarted while halted reports
+            # where it stands (metrics, /readyz) without a step having committed anything.
+            return StepResult(
+                Outcome.HALTED,
+                to_block=state.indexed_block,
+                to_hash=state.indexed_hash,
+                reason=state.halt_reason or "halted",
+            )
         head = self.source.head()
         store.record_head(self.conn, self.chain_id, head)
         if state.indexed_block is not None and head < state.indexed_block:

@@ -957,6 +957,17 @@ def test_metrics_health_and_stored_halt(world: World, daemons: StartDaemon) -> N
     assert status_json.returncode == 0, status_json.stderr
     assert json.loads(status_json.stdout)["halted"] is True
 
+    # Restarted while halted, it stays halted and still says where its cursor stands.
+    block, _ = world.cursor()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(timeout=15) == 0
+    daemon = daemons(env, "metrics-restarted")
+    wait_for(lambda: daemon.metric("audifi_indexer_halted") == 1, 10, "halted gauge 1", 0.05)
+    status, body = daemon.http("/readyz")
+    assert status == 503 and body["halted"] is True, body
+    assert body["indexed_block"] == block, body
+    assert daemon.metric("audifi_indexer_indexed_block") == block
+
     # The documented recovery (docs/operations.md): rewind clears the stored halt.
     block, _ = world.cursor()
     rewind = subprocess.run(
