@@ -107,10 +107,8 @@ AUDIFI_TOPICS_ANY_EMITTER = (
     TOPIC0[EventType.ARTIST_COIN_DEPLOYED],
 )
 """Fetched from every emitter so that spoofs of these rare signatures are seen and counted
-as ignored. ``Transfer`` is added when :attr:`Trust.count_spoofed_transfers` (the default)."""
-_TRANSFER_TOPIC = TOPIC0[EventType.TRANSFER]
-ERC721_TRANSFER_TOPICS = 4
-"""An ERC-721 ``Transfer`` has 4 topics (all three arguments indexed), an ERC-20 one 3."""
+as ignored. ``Transfer`` is only fetched from trusted contracts: every ERC-20/721 on the chain
+emits it, and counting them all would cost the node dearly for no information."""
 
 
 PREFETCH_SWITCH_INTERVAL = 0.0005
@@ -171,13 +169,6 @@ class Trust:
     registry: str | None
     dividends: frozenset[str]
     coin_factory: str | None
-    count_spoofed_transfers: bool = True
-    """SPEC §2: logs with AudiFi topics from untrusted emitters are ignored *and counted*. For
-    ``Transfer`` that means fetching it from every emitter (the registered share contracts'
-    ``Transfer`` logs then come twice, with both filters): ERC-721-shaped ones (4 topics) of
-    contracts no registry registered are counted; ERC-20 ones (3 topics, every token's) are
-    dropped uncounted. ``False``: ``Transfer`` only from registered contracts, spoofs uncounted
-    (for a public chain, where all its tokens' transfers would be downloaded to be counted)."""
 
     def static_roles(self) -> dict[str, EmitterRole]:
         """Address → role of the configured emitters (master contracts are not in it). An
@@ -194,28 +185,6 @@ class Trust:
     def addresses(self) -> tuple[str, ...]:
         found = [a for a in (self.registry, self.coin_factory) if a]
         return tuple(sorted({*found, *self.dividends}))
-
-    @property
-    def any_emitter_topics(self) -> tuple[str, ...]:
-        """The event signatures fetched from every emitter (spoofs are counted)."""
-        if self.count_spoofed_transfers:
-            return (*AUDIFI_TOPICS_ANY_EMITTER, _TRANSFER_TOPIC)
-        return AUDIFI_TOPICS_ANY_EMITTER
-
-    def counted_where_fetched(self, log: Log) -> bool:
-        """Whether a log of an untrusted emitter was counted by the range that fetched it with
-        the any-emitter filter: a rare AudiFi signature, or an ERC-721-shaped ``Transfer``
-        when spoofed transfers are counted (see :func:`drop_uncounted_transfers`)."""
-        topics = log.topics
-        if not topics:
-            return False
-        if topics[0] in _ANY_EMITTER:
-            return True
-        return (
-            self.count_spoofed_transfers
-            and topics[0] == _TRANSFER_TOPIC
-            and len(topics) == ERC721_TRANSFER_TOPICS
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,13 +536,10 @@ def confirm_empty_answers(
             )
 
 
-def make_filters(
-    addresses: tuple[str, ...], first: int, last: int, any_emitter: tuple[str, ...]
-) -> list[LogFilter]:
-    """The eth_getLogs filters of a range: the AudiFi signatures ``any_emitter``
-    (:attr:`Trust.any_emitter_topics`) from any emitter (spoofs are counted), and every log of
-    the trusted and registered contracts."""
-    filters = [LogFilter(first, last, topic0=any_emitter)]
+def make_filters(addresses: tuple[str, ...], first: int, last: int) -> list[LogFilter]:
+    """The eth_getLogs filters of a range: the rare AudiFi signatures from any emitter (spoofs
+    are counted), and every log of the trusted and registered contracts."""
+    filters = [LogFilter(first, last, topic0=AUDIFI_TOPICS_ANY_EMITTER)]
     if addresses:
         filters.append(LogFilter(first, last, addresses=addresses))
     return filters
@@ -609,12 +575,10 @@ def with_extra_logs(
     headers: dict[int, BlockHeader],
     start_block: int,
 ) -> tuple[list[Log], int]:
-    """``logs`` (less :func:`drop_uncounted_transfers`) plus the logs of contracts registered
-    inside them (unknown when the range was fetched), from their registration block to
-    ``last``, checked like the others; and how many logs those contracts emitted from
-    ``start_block`` up to the block before their registration
-    (:func:`count_logs_before_registration`)."""
-    logs = drop_uncounted_transfers(logs, trust, registrations)
+    """``logs`` plus the logs of contracts registered inside them (unknown when the range
+    was fetched), from their registration block to ``last``, checked like the others; and
+    how many logs those contracts emitted from ``start_block`` up to the block before their
+    registration (:func:`count_logs_before_registration`)."""
     targets = _new_registration_targets(logs, trust, registrations)
     if not targets:
         return logs, 0
@@ -623,41 +587,19 @@ def with_extra_logs(
     fetch_missing_headers(source, extra, headers)
     check_logs(extra, since, last, headers)
     counted = tuple(sorted(set(targets) - set(trust.addresses)))  # a static role wins
-    before = count_logs_before_registration(source, trust, counted, start_block, since)
+    before = count_logs_before_registration(source, counted, start_block, since)
     return merge_logs(logs, extra), before
 
 
-def drop_uncounted_transfers(
-    logs: list[Log], trust: Trust, registrations: dict[str, store.Registration]
-) -> list[Log]:
-    """``logs`` without the ERC-20-shaped ``Transfer`` logs (not 4 topics) of emitters that
-    were neither trusted nor registered when the range was fetched: the any-emitter filter
-    brings every token's transfers when spoofed transfers are counted
-    (:attr:`Trust.count_spoofed_transfers`); only the ERC-721-shaped ones are AudiFi-shaped
-    spoofs, counted by :func:`process_logs`. A contract registered inside the range gets
-    its logs from its registration block on again (:func:`with_extra_logs`), and its earlier
-    ones are counted by :func:`count_logs_before_registration`: each log is counted once."""
-    if not trust.count_spoofed_transfers:
-        return logs
-    known = {*trust.addresses, *registrations}
-    topic, shape = _TRANSFER_TOPIC, ERC721_TRANSFER_TOPICS
-    kept = [
-        log for log in logs
-        if log.address in known or not log.topics or log.topics[0] != topic
-        or len(log.topics) == shape
-    ]  # fmt: skip
-    return logs if len(kept) == len(logs) else kept
-
-
 def count_logs_before_registration(
-    source: ChainSource, trust: Trust, contracts: tuple[str, ...], start_block: int, since: int
+    source: ChainSource, contracts: tuple[str, ...], start_block: int, since: int
 ) -> int:
     """Logs the newly registered ``contracts`` emitted in blocks ``start_block`` … ``since``
     − 1, ``since`` being the earliest of their registration blocks: ignored (a contract is
     trusted from its registration log on) and only counted (SPEC §8). From ``since`` on their
     logs come with the range (:func:`with_extra_logs`), and :func:`process_logs` counts those
-    before each registration. Logs the range holding them fetched from every emitter and
-    counted (:meth:`Trust.counted_where_fetched`) are left out.
+    before each registration. Logs with an AudiFi signature fetched from every emitter
+    (:data:`AUDIFI_TOPICS_ANY_EMITTER`) are left out: the range holding them counted them.
     One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it). Best effort: a
     count, never data — a node that refuses or fails the request leaves them uncounted
     (logged), and never fails or holds up the batch."""
@@ -673,7 +615,7 @@ def count_logs_before_registration(
             error=str(exc)[:300],
         )
         return 0
-    return sum(1 for item in found if not trust.counted_where_fetched(item))
+    return sum(1 for item in found if not item.topics or item.topics[0] not in _ANY_EMITTER)
 
 
 _ANY_EMITTER = frozenset(AUDIFI_TOPICS_ANY_EMITTER)
@@ -760,7 +702,7 @@ def prepare_final_range(
     addresses = tuple(sorted({*trust.addresses, *registrations}))
     narrowed = None
     while True:
-        filters = make_filters(addresses, first, last, trust.any_emitter_topics)
+        filters = make_filters(addresses, first, last)
         try:
             groups, ends = source.fetch(filters, [first, last])
             break
@@ -1055,7 +997,7 @@ class Syncer:
 
     def _filters(self, first: int, last: int) -> list[LogFilter]:
         addresses = tuple(sorted({*self.trust.addresses, *self._known_registrations()}))
-        return make_filters(addresses, first, last, self.trust.any_emitter_topics)
+        return make_filters(addresses, first, last)
 
     def _backfill(self, state: store.CursorState, head: int, first: int, last: int) -> StepResult:
         """Final blocks: one large range; headers of the range ends and of log blocks only.

@@ -215,11 +215,11 @@ def test_filters_agree_whatever_the_order_or_repeats_of_an_answer() -> None:
     """The two answers are compared by position (found by review): a gateway that lists an
     answer out of chain order, or repeats a log, is not a disagreement; a log one answer
     lacks is."""
-    from indexer.sync import AUDIFI_TOPICS_ANY_EMITTER, agreed_logs, make_filters
+    from indexer.sync import agreed_logs, make_filters
 
     registry, master = "0x" + "1" * 40, "0x" + "2" * 40
     rare, transfer = TOPIC0[EventType.MASTER_REGISTERED], TOPIC0[EventType.TRANSFER]
-    filters = make_filters((master, registry), 1, 20, AUDIFI_TOPICS_ANY_EMITTER)
+    filters = make_filters((master, registry), 1, 20)
     registered, deposit_like = _log(registry, rare, 10, 0), _log(registry, rare, 11, 0)
     moved = _log(master, transfer, 11, 1)
     topic_answer = [registered, deposit_like]

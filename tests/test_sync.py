@@ -6,7 +6,6 @@ the oracle's event log of the canonical chain (tests/fixtures/truth.py).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import uuid
 from collections.abc import Callable
@@ -78,46 +77,6 @@ def test_spoofed_events_are_ignored_and_counted(make_harness: MakeHarness) -> No
     assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 3
     counts = store.counts(h.conn, h.chain_id)
     assert counts["dead_letters"] == 0 and counts["contracts"] == 0
-
-
-@pytest.mark.parametrize("count_spoofed", [True, False], ids=["counted", "not_fetched"])
-@pytest.mark.parametrize("blocks_after", [0, 20], ids=["near_head", "backfilled"])
-def test_spoofed_share_transfers_are_ignored_and_counted(
-    make_harness: MakeHarness, blocks_after: int, count_spoofed: bool
-) -> None:
-    """SPEC §2: a contract no registry registered that emits share ``Transfer`` logs (the
-    ERC-721 shape: a copy of MasterShares minting, a forger) is ignored and counted, near the
-    head and in a backfill alike. ERC-20 ``Transfer`` logs (3 topics: every token's, here a
-    forger's and an artist coin's mint) are not AudiFi-shaped: dropped, not counted. With
-    ``count_spoofed_transfers`` off, ``Transfer`` is fetched from registered contracts only."""
-    from indexer.decode import TOPIC0, EventType
-
-    h = make_harness()
-    if not count_spoofed:
-        h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=False)
-    owner, holder = h.node.accounts[0], h.node.accounts[1]
-    rogue = deploy(h.w3, "MasterShares", "Rogue", "R", owner)
-    send_tx(h.w3, rogue.functions.mint(holder, 1))
-    send_tx(h.w3, rogue.functions.mint(holder, 2))
-    forger = deploy(h.w3, "EventForger")
-    transfer = bytes.fromhex(TOPIC0[EventType.TRANSFER][2:])
-    to_word = bytes(12) + bytes.fromhex(holder[2:])
-    seven = (7).to_bytes(32, "big")
-    send_tx(h.w3, forger.functions.emitRaw([transfer, bytes(32), to_word, seven], b""))
-    send_tx(h.w3, forger.functions.emitRaw([transfer, bytes(32), to_word], seven))
-    send_tx(h.w3, h.contracts.factory.functions.deployCoin(uuid.uuid4().bytes, "C", "C", 10**20))
-    h.node.mine(blocks_after)
-    results = h.sync()
-    if blocks_after:  # the spoofs are final blocks: fetched by the backfill
-        assert any(r.to_block and r.to_block <= h.head() - 8 for r in results), results
-    stored = h.stored()
-    assert stored == h.expected()
-    assert _types(stored) == ["ArtistCoinDeployed"]
-    ignored = h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0]
-    assert ignored == (3 if count_spoofed else 0)
-    counts = store.counts(h.conn, h.chain_id)
-    assert counts["dead_letters"] == 0 and counts["contracts"] == 0
-    assert h.conn.execute("SELECT count(*) FROM nft_shares").fetchone()[0] == 0
 
 
 def test_logs_before_a_registration_are_ignored_and_counted(make_harness: MakeHarness) -> None:
