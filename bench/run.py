@@ -124,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"backfill: median of {len(runs)} runs: {rate:,.0f}/s")
                 config["database_url"] = url
                 ranges = backfill.ranges
-                floor = measure_floor(node.url, addresses, ranges)
+                floor = measure_floor(node.url, addresses, bench_chain.audifi_topics(), ranges)
                 floor_rate = backfill.events / floor.parsed_seconds
                 say(
                     f"floor: {floor.logs:,} logs in {floor.parsed_seconds:.3f}s parsed "
-                    f"({floor.bytes_seconds:.3f}s bytes only) = {floor_rate:,.0f} events/s"
+                    f"({floor.bytes_seconds:.3f}s bytes only) = {floor_rate:,.0f} events/s "
+                    f"(filter: {floor.shape})"
                 )
                 write_floor = measure_write_floor(srv, url, _cpu_seconds)
                 say(
@@ -367,6 +368,7 @@ def _result(
             "logs": floor.logs,
             "bytes": floor.bytes,
             "requests": floor.requests,
+            "shape": floor.shape,
             "parsed_seconds": round(floor.parsed_seconds, 4),
             "bytes_seconds": round(floor.bytes_seconds, 4),
             "bytes_events_per_s": round(floor_bytes_rate),

@@ -107,6 +107,10 @@ class Settings:
     master_registry: str | None = None
     dividend_contracts: tuple[str, ...] = ()
     coin_factory: str | None = None
+    count_spoofed_transfers: bool = True
+    """Fetch ``Transfer`` logs from every emitter so that ERC-721-shaped ones from contracts
+    no registry registered are counted as ignored (SPEC §2); ``False`` on a public chain
+    where every token's transfers would be downloaded only to be counted."""
     confirmations: int = 0
     finality_depth: int = 64
     poll_interval: float = 2.0
@@ -298,6 +302,29 @@ def _choice_parser(choices: tuple[str, ...]) -> _Parser[Any]:
         if value not in choices:
             raise _invalid(src, "unknown value", raw, expected)
         return value
+
+    return parse
+
+
+_TRUE_WORDS = frozenset({"true", "yes", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "no", "off", "0"})
+
+
+def _bool_parser(what: str) -> _Parser[bool]:
+    expected = f"true or false ({what})"
+
+    def parse(raw: object, src: _Source) -> bool:
+        if not src.from_env:
+            if not isinstance(raw, bool):
+                raise _wrong_type(src, raw, expected)
+            return raw
+        assert isinstance(raw, str)
+        word = raw.strip().lower()
+        if word in _TRUE_WORDS:
+            return True
+        if word in _FALSE_WORDS:
+            return False
+        raise _invalid(src, "not a boolean", raw, expected + "; also yes/no, on/off, 1/0")
 
     return parse
 
@@ -508,6 +535,13 @@ _SPECS: tuple[_Spec[Any], ...] = (
         "AUDIFI_COIN_FACTORY",
         _parse_address,
         "the artist coin factory address",
+    ),
+    _Spec(
+        "count_spoofed_transfers",
+        "count_spoofed_transfers",
+        "AUDIFI_COUNT_SPOOFED_TRANSFERS",
+        _bool_parser("count Transfer logs of unregistered contracts as ignored"),
+        "true or false",
     ),
     _Spec(
         "confirmations",

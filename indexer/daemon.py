@@ -89,6 +89,7 @@ def trust_from(settings: Settings) -> Trust:
         registry=settings.master_registry,
         dividends=frozenset(settings.dividend_contracts),
         coin_factory=settings.coin_factory,
+        count_spoofed_transfers=settings.count_spoofed_transfers,
     )
 
 

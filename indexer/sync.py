@@ -26,10 +26,10 @@ returned :class:`Outcome`, whether to go on at once, sleep, or stop. Its contrac
   where it has several.
 * **Trust.** Only logs of the configured registry, dividend contracts and coin factory, and of
   master contracts the registry registered — from the registering log on, by (block, log
-  index) — are accepted. Other logs carrying AudiFi event signatures, and a master contract's
-  logs before its registration (those of earlier blocks fetched once, when the registration is
-  seen), are counted as ignored and leave no row. Trusted logs that do not decode become dead
-  letters.
+  index) — are accepted. Other logs carrying AudiFi event signatures (spoofed share
+  ``Transfer`` logs included, unless :attr:`Trust.count_spoofed_transfers` is off), and a
+  master contract's logs before its registration, are counted as ignored and leave no row.
+  Trusted logs that do not decode become dead letters.
 * **Backfill and live.** Blocks at or below the final boundary (``head - finality_depth``, or
   the node's ``finalized`` block when that is higher) are fetched in large ranges with headers
   only where needed; blocks above it are fetched with every header and stored in the window.
@@ -107,8 +107,13 @@ AUDIFI_TOPICS_ANY_EMITTER = (
     TOPIC0[EventType.ARTIST_COIN_DEPLOYED],
 )
 """Fetched from every emitter so that spoofs of these rare signatures are seen and counted
-as ignored. ``Transfer`` is only fetched from trusted contracts: every ERC-20/721 on the chain
-emits it, and counting them all would cost the node dearly for no information."""
+as ignored, whatever :attr:`Trust.count_spoofed_transfers` says."""
+_TRANSFER_TOPIC = TOPIC0[EventType.TRANSFER]
+AUDIFI_TOPICS = (*AUDIFI_TOPICS_ANY_EMITTER, _TRANSFER_TOPIC)
+"""Every AudiFi event signature: fetched from every emitter when spoofed share transfers are
+counted (:attr:`Trust.count_spoofed_transfers`)."""
+ERC721_TRANSFER_TOPICS = 4
+"""An ERC-721 ``Transfer`` has 4 topics (all three arguments indexed), an ERC-20 one 3."""
 
 
 PREFETCH_SWITCH_INTERVAL = 0.0005
@@ -169,6 +174,23 @@ class Trust:
     registry: str | None
     dividends: frozenset[str]
     coin_factory: str | None
+    count_spoofed_transfers: bool = True
+    """SPEC §2: logs with AudiFi signatures from untrusted emitters are ignored *and counted*.
+
+    ``True`` (the default): a range is fetched with two filters, every AudiFi signature from
+    any emitter, and every log of the configured contracts (:attr:`addresses`). Registered
+    share contracts' ``Transfer`` logs come with the first filter, and so do spoofed ones:
+    ERC-721-shaped (4 topics) ``Transfer`` logs of contracts not registered at their position
+    are counted as ignored; ERC-20 ones (3 topics: every token's) are not AudiFi logs, dropped
+    uncounted. A registered contract's other logs (``Approval``, ``ApprovalForAll``, unknown
+    signatures) are not fetched at all. Each log comes once: no more logs than the
+    contracts' filter alone, and a topic filter costs the node less than an address list.
+
+    ``False`` (for a public chain, where the first filter would download every token's
+    transfers): the rare signatures from any emitter, and every log of the configured and
+    registered contracts (a registered contract's unknown signatures become dead letters);
+    spoofed ``Transfer`` logs are not seen, a contract's logs before its registration are
+    counted by one more ``eth_getLogs`` (:func:`with_extra_logs`)."""
 
     def static_roles(self) -> dict[str, EmitterRole]:
         """Address → role of the configured emitters (master contracts are not in it). An
@@ -185,6 +207,22 @@ class Trust:
     def addresses(self) -> tuple[str, ...]:
         found = [a for a in (self.registry, self.coin_factory) if a]
         return tuple(sorted({*found, *self.dividends}))
+
+    def counted_where_fetched(self, log: Log) -> bool:
+        """Whether an untrusted ``log`` was counted as ignored by the range that fetched it
+        with the any-emitter filter (:func:`make_filters`, :func:`counted_as_ignored`): a rare
+        AudiFi signature, or an ERC-721-shaped ``Transfer`` when spoofed transfers are
+        counted."""
+        topics = log.topics
+        if not topics:
+            return False
+        if topics[0] in _ANY_EMITTER:
+            return True
+        return (
+            self.count_spoofed_transfers
+            and topics[0] == _TRANSFER_TOPIC
+            and len(topics) == ERC721_TRANSFER_TOPICS
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +333,8 @@ def process_logs(
                 registration.block_number,
                 registration.log_index,  # = the positions, unboxed
             ):
-                out.ignored += 1
+                if counted_as_ignored(log, trust):
+                    out.ignored += 1
                 continue
             role = _MASTER
         verdict, reason = classify(log, role)
@@ -337,6 +376,20 @@ def process_logs(
     return out
 
 
+def counted_as_ignored(log: Log, trust: Trust) -> bool:
+    """Whether an untrusted ``log`` (or one before its contract's registration) counts as
+    ignored: all do, but an ERC-20-shaped ``Transfer`` (not 4 topics) when ``Transfer`` is
+    fetched from every emitter (:attr:`Trust.count_spoofed_transfers`): every token's transfer
+    shares the signature, and only the ERC-721 shape is a spoof of a share transfer."""
+    topics = log.topics
+    return not (
+        trust.count_spoofed_transfers
+        and topics
+        and topics[0] == _TRANSFER_TOPIC
+        and len(topics) != ERC721_TRANSFER_TOPICS
+    )
+
+
 def dead_letter(log: Log, reason: str) -> store.DeadLetter:
     """The dead letter of a trusted emitter's ``log``: kept raw, with ``reason``."""
     return store.DeadLetter(
@@ -375,9 +428,10 @@ def dead_letters_of(
 
 def _new_registration_targets(
     logs: Iterable[Log], trust: Trust, registrations: dict[str, store.Registration]
-) -> dict[str, int]:
-    """Contracts registered in ``logs`` that are not known yet → block of registration."""
-    found: dict[str, int] = {}
+) -> dict[str, tuple[int, int]]:
+    """Contracts registered in ``logs`` that are not known yet → position (block, log index)
+    of their registration."""
+    found: dict[str, tuple[int, int]] = {}
     topic = TOPIC0[EventType.MASTER_REGISTERED]
     for log in logs:
         if log.address != trust.registry or len(log.topics) != 3 or log.topics[0] != topic:
@@ -387,7 +441,7 @@ def _new_registration_targets(
         except DecodeError:
             continue
         if contract not in registrations and contract not in found:
-            found[contract] = log.block_number
+            found[contract] = log.position
     return found
 
 
@@ -516,10 +570,15 @@ def confirm_empty_answers(
     otherwise commit an empty range (SPEC §4.4; found by QA: a range whose end blocks held no
     AudiFi log lost every event in it). One more ``eth_getLogs`` per empty range; a node that
     answers the same every time is believed (a node that lies consistently about final
-    blocks is beyond any check short of every header's bloom). The topic filter is not asked
-    again: the trusted emitters' logs it selects also come with the emitter filter
-    (:func:`agreed_logs`), and an untrusted spoof is only ever counted."""
-    empty = [f for f, group in zip(filters, groups, strict=True) if f.addresses and not group]
+    blocks is beyond any check short of every header's bloom). A topic filter is asked again
+    when it carries the share contracts' ``Transfer`` logs (:attr:`Trust.
+    count_spoofed_transfers`); one of the rare signatures only is not: the trusted emitters'
+    logs it selects also come with the emitter filter (:func:`agreed_logs`), and an untrusted
+    spoof is only ever counted."""
+    empty = [
+        f for f, group in zip(filters, groups, strict=True)
+        if not group and (f.addresses or _TRANSFER_TOPIC in f.topic0)
+    ]  # fmt: skip
     if not empty:
         return
     try:
@@ -536,10 +595,16 @@ def confirm_empty_answers(
             )
 
 
-def make_filters(addresses: tuple[str, ...], first: int, last: int) -> list[LogFilter]:
-    """The eth_getLogs filters of a range: the rare AudiFi signatures from any emitter (spoofs
-    are counted), and every log of the trusted and registered contracts."""
-    filters = [LogFilter(first, last, topic0=AUDIFI_TOPICS_ANY_EMITTER)]
+def make_filters(trust: Trust, masters: Iterable[str], first: int, last: int) -> list[LogFilter]:
+    """The eth_getLogs filters of a range (see :attr:`Trust.count_spoofed_transfers`): the
+    AudiFi signatures from any emitter (spoofs are counted), and every log of the configured
+    contracts — and of the registered ``masters`` when ``Transfer`` is not in the first."""
+    if trust.count_spoofed_transfers:
+        filters = [LogFilter(first, last, topic0=AUDIFI_TOPICS)]
+        addresses = trust.addresses
+    else:
+        filters = [LogFilter(first, last, topic0=AUDIFI_TOPICS_ANY_EMITTER)]
+        addresses = tuple(sorted({*trust.addresses, *masters}))
     if addresses:
         filters.append(LogFilter(first, last, addresses=addresses))
     return filters
@@ -575,39 +640,50 @@ def with_extra_logs(
     headers: dict[int, BlockHeader],
     start_block: int,
 ) -> tuple[list[Log], int]:
-    """``logs`` plus the logs of contracts registered inside them (unknown when the range
-    was fetched), from their registration block to ``last``, checked like the others; and
-    how many logs those contracts emitted from ``start_block`` up to the block before their
-    registration (:func:`count_logs_before_registration`)."""
+    """``logs`` plus the logs of contracts registered inside them (unknown when the range was
+    fetched), and how many logs those contracts emitted before their registration
+    (:func:`count_logs_before_registration`, from ``start_block``).
+
+    When spoofed transfers are counted (:attr:`Trust.count_spoofed_transfers`), nothing is
+    added: the range's ``Transfer`` logs came from every emitter, and :func:`process_logs`
+    counts those before a registration; the count covers the contracts' other logs before
+    their registration logs. Otherwise the contracts' logs from their registration block to
+    ``last`` are fetched and checked like the others (:func:`process_logs` counts those before
+    each registration), and the count covers the blocks before."""
     targets = _new_registration_targets(logs, trust, registrations)
     if not targets:
         return logs, 0
-    since = min(targets.values())
+    counted = sorted(set(targets) - set(trust.addresses))  # a static role wins
+    if trust.count_spoofed_transfers:
+        before = {contract: targets[contract] for contract in counted}
+        return logs, count_logs_before_registration(source, trust, before, start_block)
+    since = min(block for block, _ in targets.values())
     (extra,), _ = source.fetch([LogFilter(since, last, addresses=tuple(sorted(targets)))], [])
     fetch_missing_headers(source, extra, headers)
     check_logs(extra, since, last, headers)
-    counted = tuple(sorted(set(targets) - set(trust.addresses)))  # a static role wins
-    before = count_logs_before_registration(source, counted, start_block, since)
-    return merge_logs(logs, extra), before
+    before = dict.fromkeys(counted, (since, 0))
+    return merge_logs(logs, extra), count_logs_before_registration(
+        source, trust, before, start_block
+    )
 
 
 def count_logs_before_registration(
-    source: ChainSource, contracts: tuple[str, ...], start_block: int, since: int
+    source: ChainSource, trust: Trust, before: dict[str, tuple[int, int]], start_block: int
 ) -> int:
-    """Logs the newly registered ``contracts`` emitted in blocks ``start_block`` … ``since``
-    − 1, ``since`` being the earliest of their registration blocks: ignored (a contract is
-    trusted from its registration log on) and only counted (SPEC §8). From ``since`` on their
-    logs come with the range (:func:`with_extra_logs`), and :func:`process_logs` counts those
-    before each registration. Logs with an AudiFi signature fetched from every emitter
-    (:data:`AUDIFI_TOPICS_ANY_EMITTER`) are left out: the range holding them counted them.
-    One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it). Best effort: a
-    count, never data — a node that refuses or fails the request leaves them uncounted
-    (logged), and never fails or holds up the batch."""
-    if since <= start_block or not contracts:
+    """Logs the newly registered contracts (``before``: contract → position up to which its
+    logs are counted) emitted from ``start_block`` on: ignored (a contract is trusted from its
+    registration log on) and only counted (SPEC §8). Those the range holding them fetched from
+    every emitter and counted (:meth:`Trust.counted_where_fetched`) are left out: each log is
+    counted once. One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it).
+    Best effort: a count, never data — a node that refuses or fails the request leaves them
+    uncounted (logged), and never fails or holds up the batch."""
+    last = max((block if index else block - 1 for block, index in before.values()), default=-1)
+    if last < start_block:
         return 0
+    contracts = tuple(sorted(before))
     fetch = getattr(source, "fetch_once", source.fetch)
     try:
-        (found,), _ = fetch([LogFilter(start_block, since - 1, addresses=contracts)], [])
+        (found,), _ = fetch([LogFilter(start_block, last, addresses=contracts)], [])
     except RpcError as exc:
         log.warning(
             "logs_before_registration_uncounted",
@@ -615,10 +691,15 @@ def count_logs_before_registration(
             error=str(exc)[:300],
         )
         return 0
-    return sum(1 for item in found if not item.topics or item.topics[0] not in _ANY_EMITTER)
+    return sum(
+        1 for item in found
+        if item.block_number >= start_block and item.address in before
+        and item.position < before[item.address] and not trust.counted_where_fetched(item)
+    )  # fmt: skip
 
 
 _ANY_EMITTER = frozenset(AUDIFI_TOPICS_ANY_EMITTER)
+_AUDIFI = frozenset(AUDIFI_TOPICS)
 
 
 def watched_masks(trust: Trust, masters: Iterable[str]) -> dict[str, int]:
@@ -636,7 +717,10 @@ def watched_masks(trust: Trust, masters: Iterable[str]) -> dict[str, int]:
 
 
 def missing_log_blocks(
-    headers: Iterable[BlockHeader], logs: Iterable[Log], watched: dict[str, int]
+    headers: Iterable[BlockHeader],
+    logs: Iterable[Log],
+    watched: dict[str, int],
+    by_signature: bool = False,
 ) -> list[tuple[BlockHeader, str]]:
     """(header, emitter) where the header's ``logsBloom`` shows a watched emitter's AudiFi
     event but the answer holds no log of any watched emitter in that block: a node that
@@ -646,8 +730,18 @@ def missing_log_blocks(
     alone — too often by chance. A "maybe" can still be a false positive; the caller decides
     (see :meth:`Syncer._check_blooms`). Headers without a bloom are skipped, and so are those
     whose bloom is so full that a watched mask would match by chance with odds above
-    :data:`BLOOM_FALSE_ALARM_ODDS` (a dense block, or many watched contracts)."""
-    answered = {item.block_number for item in logs if item.address in watched}
+    :data:`BLOOM_FALSE_ALARM_ODDS` (a dense block, or many watched contracts).
+
+    ``by_signature``: the range was fetched by AudiFi signature from every emitter
+    (:attr:`Trust.count_spoofed_transfers`). A block is then answered by any log with an AudiFi
+    signature, a watched emitter's or not: another token's ``Transfer`` sets the topic bits
+    too, and a registered contract's ``Approval`` (not fetched) its address bits (found by the
+    property test). The configured contracts' other logs do not count as an answer: they come
+    with the other filter, which a lagging node may have answered alone."""
+    if by_signature:
+        answered = {item.block_number for item in logs if item.topics and item.topics[0] in _AUDIFI}
+    else:
+        answered = {item.block_number for item in logs if item.address in watched}
     found: list[tuple[BlockHeader, str]] = []
     for header in headers:
         if header.number in answered:
@@ -699,10 +793,9 @@ def prepare_final_range(
     """Fetch, check and decode the final range ``first..last`` (narrowed on "too many
     results"): the backfill step's work up to the database, the link to the cursor aside.
     ``start_block``: the first block indexed (logs before registrations are counted from it)."""
-    addresses = tuple(sorted({*trust.addresses, *registrations}))
     narrowed = None
     while True:
-        filters = make_filters(addresses, first, last)
+        filters = make_filters(trust, registrations, first, last)
         try:
             groups, ends = source.fetch(filters, [first, last])
             break
@@ -714,7 +807,8 @@ def prepare_final_range(
     headers = {h.number: h for h in ends if h is not None}
     logs = agreed_logs(filters, groups)
     confirm_empty_answers(source, filters, groups)
-    missing = missing_log_blocks(headers.values(), logs, watched_masks(trust, registrations))
+    watched = watched_masks(trust, registrations)
+    missing = missing_log_blocks(headers.values(), logs, watched, trust.count_spoofed_transfers)
     if missing:
         raise _missing_logs_error(*missing[0])  # the step fetches again and decides
     fetch_missing_headers(source, logs, headers)
@@ -996,8 +1090,7 @@ class Syncer:
         return StepResult(Outcome.CAUGHT_UP, head=head, to_block=state.indexed_block)
 
     def _filters(self, first: int, last: int) -> list[LogFilter]:
-        addresses = tuple(sorted({*self.trust.addresses, *self._known_registrations()}))
-        return make_filters(addresses, first, last)
+        return make_filters(self.trust, self._known_registrations(), first, last)
 
     def _backfill(self, state: store.CursorState, head: int, first: int, last: int) -> StepResult:
         """Final blocks: one large range; headers of the range ends and of log blocks only.
@@ -1107,7 +1200,7 @@ class Syncer:
         "maybe" wrongly: after :data:`BLOOM_RETRIES` answers that agree for the same block
         hash, the answer is taken (``logs_bloom_false_positive`` in the log)."""
         watched = watched_masks(self.trust, self._known_registrations())
-        missing = missing_log_blocks(headers, logs, watched)
+        missing = missing_log_blocks(headers, logs, watched, self.trust.count_spoofed_transfers)
         if not missing:
             return
         if len(self._bloom_doubts) > BLOOM_DOUBTS_KEPT:

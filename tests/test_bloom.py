@@ -47,3 +47,20 @@ def test_a_block_whose_bloom_shows_a_watched_event_needs_its_log() -> None:
     # no bloom; a bloom too full to tell anything
     assert missing_log_blocks([_header(7, None)], [], watched) == []
     assert missing_log_blocks([_header(7, (1 << BLOOM_BITS) - 1)], [], watched) == []
+
+
+def test_fetched_by_signature_any_audifi_log_answers_its_block() -> None:
+    """Spoofed transfers counted (the default): the range is fetched by AudiFi signature, so a
+    registered contract's ``Approval`` is not fetched, yet sets its address bits; another
+    token's ``Transfer`` (fetched, not watched) sets the topic bits. Such a block is answered
+    (found by the property test: a false alarm). A block with nothing fetched is judged, and
+    a configured contract's other event (its own filter's answer) answers nothing."""
+    watched = watched_masks(TRUST, [MASTER])
+    approval = "0x" + "8c" * 32
+    header = _header(7, watched[MASTER])
+    coin_transfer = _log(7, "0x" + "44" * 20)
+    assert missing_log_blocks([header], [coin_transfer], watched, by_signature=True) == []
+    assert missing_log_blocks([header], [], watched, by_signature=True) == [(header, MASTER)]
+    other = Log(REGISTRY, (approval,), "0x", 7, "0x" + "ab" * 32, "0x" + "cd" * 32, 0, 1)
+    assert missing_log_blocks([header], [other], watched, by_signature=True) == [(header, MASTER)]
+    assert missing_log_blocks([header], [other], watched) == []

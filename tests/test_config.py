@@ -39,6 +39,7 @@ ALL_VALUES: dict[str, tuple[str, str, str, object]] = {
     "master_registry": ("master_registry", f'"{OTHER}"', CHECKSUMMED, LOWER),
     "dividend_contracts": ("dividend_contracts", f'["{LOWER}"]', f"{OTHER}", (OTHER,)),
     "coin_factory": ("coin_factory", f'"{LOWER}"', OTHER, OTHER),
+    "count_spoofed_transfers": ("count_spoofed_transfers", "false", "Off", False),
     "confirmations": ("confirmations", "1", "3", 3),
     "finality_depth": ("finality_depth", "10", "12", 12),
     "poll_interval": ("poll_interval", "0.5", "1.5", 1.5),
@@ -64,6 +65,7 @@ ENV_NAMES = {
     "master_registry": "AUDIFI_MASTER_REGISTRY",
     "dividend_contracts": "AUDIFI_DIVIDEND_CONTRACTS",
     "coin_factory": "AUDIFI_COIN_FACTORY",
+    "count_spoofed_transfers": "AUDIFI_COUNT_SPOOFED_TRANSFERS",
     "confirmations": "AUDIFI_CONFIRMATIONS",
     "finality_depth": "AUDIFI_FINALITY_DEPTH",
     "poll_interval": "AUDIFI_POLL_INTERVAL",
@@ -112,6 +114,7 @@ def test_defaults_without_file_or_env() -> None:
     assert s.start_block == 0
     assert s.master_registry is None and s.coin_factory is None
     assert s.dividend_contracts == ()
+    assert s.count_spoofed_transfers is True
     assert s.confirmations == 0
     assert s.finality_depth == 64
     assert s.poll_interval == 2.0
@@ -155,6 +158,7 @@ def test_toml_load_every_key(tmp_path: Path) -> None:
     assert s.master_registry == OTHER
     assert s.dividend_contracts == (LOWER,)
     assert s.coin_factory == LOWER
+    assert s.count_spoofed_transfers is False
     assert s.confirmations == 1
     assert s.finality_depth == 10
     assert s.poll_interval == 0.5
@@ -296,6 +300,8 @@ def test_string_for_int_names_key_value_and_type(tmp_path: Path) -> None:
         (f'dividend_contracts = ["{LOWER}", 5]', "dividend_contracts[1]"),
         ("master_registry = 1", "master_registry"),
         ("finality_depth = { a = 1 }", "finality_depth"),
+        ('count_spoofed_transfers = "yes"', "count_spoofed_transfers"),
+        ("count_spoofed_transfers = 1", "count_spoofed_transfers"),
     ],
 )
 def test_wrong_toml_types(tmp_path: Path, line: str, key: str) -> None:
@@ -329,6 +335,7 @@ def test_wrong_toml_types(tmp_path: Path, line: str, key: str) -> None:
         ("AUDIFI_REDIS_STREAM_MAXLEN", "0", "out of range"),
         ("AUDIFI_LOG_FORMAT", "xml", "unknown value"),
         ("AUDIFI_LOG_LEVEL", "verbose", "unknown value"),
+        ("AUDIFI_COUNT_SPOOFED_TRANSFERS", "maybe", "not a boolean"),
     ],
 )
 def test_bad_env_values_name_the_variable(var: str, value: str, fragment: str) -> None:
@@ -360,6 +367,16 @@ def test_bad_toml_values(tmp_path: Path, line: str, fragment: str) -> None:
     key = line.split(" =")[0]
     assert f"indexer.toml:{key}" in msg
     assert fragment in msg
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), (" YES ", True), ("on", True), ("1", True),
+     ("false", False), ("No", False), ("off", False), ("0", False)],
+)  # fmt: skip
+def test_booleans_from_the_environment(value: str, expected: bool) -> None:
+    s = load_settings(env={"AUDIFI_COUNT_SPOOFED_TRANSFERS": value})
+    assert s.count_spoofed_transfers is expected
 
 
 def test_integers_accept_underscores_and_whitespace() -> None:

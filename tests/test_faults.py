@@ -8,6 +8,7 @@ Scenario numbers refer to the list in docs/reliability.md.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -219,7 +220,8 @@ def test_filters_agree_whatever_the_order_or_repeats_of_an_answer() -> None:
 
     registry, master = "0x" + "1" * 40, "0x" + "2" * 40
     rare, transfer = TOPIC0[EventType.MASTER_REGISTERED], TOPIC0[EventType.TRANSFER]
-    filters = make_filters((master, registry), 1, 20)
+    trust = Trust(registry, frozenset(), None, count_spoofed_transfers=False)
+    filters = make_filters(trust, (master,), 1, 20)
     registered, deposit_like = _log(registry, rare, 10, 0), _log(registry, rare, 11, 0)
     moved = _log(master, transfer, 11, 1)
     topic_answer = [registered, deposit_like]
@@ -231,21 +233,74 @@ def test_filters_agree_whatever_the_order_or_repeats_of_an_answer() -> None:
     assert error.value.values["block"] == 11 and error.value.values["in_second"] is False
 
 
+def test_filters_by_signature_agree_on_the_configured_contracts_logs() -> None:
+    """Spoofed transfers counted (the default): the signatures' filter brings every emitter's
+    AudiFi logs, the contracts' filter every log of the configured contracts only (not the
+    registered ones: their transfers come once). Where both select a log — a configured
+    contract's AudiFi event — a lagging answer that lacks it is a disagreement."""
+    from indexer.sync import AUDIFI_TOPICS, agreed_logs, make_filters
+
+    registry, master = "0x" + "1" * 40, "0x" + "2" * 40
+    rare, transfer = TOPIC0[EventType.MASTER_REGISTERED], TOPIC0[EventType.TRANSFER]
+    filters = make_filters(Trust(registry, frozenset(), None), (master,), 1, 20)
+    assert [(f.topic0, f.addresses) for f in filters] == [(AUDIFI_TOPICS, ()), ((), (registry,))]
+    registered, moved = _log(registry, rare, 10, 0), _log(master, transfer, 11, 1)
+    other = _log(registry, "0x" + "ab" * 32, 12, 0)  # a configured contract's other event
+    assert agreed_logs(filters, [[moved, registered], [registered, other]]) == [
+        registered, moved, other
+    ]  # fmt: skip
+    with pytest.raises(InconsistentResponseError, match="disagree"):
+        agreed_logs(filters, [[moved, registered], [other]])
+
+
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
 def test_empty_final_range_is_asked_again(
-    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory, count_spoofed: bool
 ) -> None:
     """A backfill range answered ``[]`` by both filters while its end blocks hold no AudiFi
     log, so their blooms cannot tell (SPEC §4.4; found by QA: the whole range was committed
     empty): the emitter filter is asked again, and its second answer, not empty, fails the
     step; the retry indexes everything. With the prefetch on, the range ahead is checked the
-    same way (a failed prefetch leaves the work to the step)."""
+    same way (a failed prefetch leaves the work to the step). Whichever filters fetch the
+    range (``count_spoofed_transfers``): the one carrying the share transfers is asked again."""
     h = make_harness(finality_depth=1)
+    h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=count_spoofed)
     h.node.mine(2)
     start = h.head() + 1
     _activity(h, 4)
     h.node.mine(3)  # the final range's last block holds no log
     proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
     proxy.empty_logs(2)  # both answers of the first range's batch
+    failed = 0
+    for _ in range(20):
+        try:
+            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
+                break
+        except InconsistentResponseError as exc:
+            assert "asked again" in str(exc)
+            failed += 1
+    assert failed == 1
+    assert h.stored() == h.expected()
+    assert len([row for row in h.stored() if row[0] >= start]) == 4
+
+
+def test_empty_final_range_of_share_transfers_is_asked_again(
+    make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory
+) -> None:
+    """Spoofed transfers counted (the default): the registered contracts' transfers come with
+    the signatures' filter, not the contracts' one. A final range holding only transfers,
+    whose signatures' answer comes back ``[]`` from a lagging node, is asked again there too:
+    the second answer fails the step and the retry indexes the transfers."""
+    h = make_harness(finality_depth=1)
+    _, shares = h.new_master()
+    h.sync()
+    start = h.head() + 1
+    h.node.mine(2)  # nor does its first: the blooms of the ends cannot tell
+    for token in range(1, 5):
+        send_tx(h.w3, shares.functions.mint(h.node.accounts[1], token))
+    h.node.mine(3)  # the final range's last block holds no log
+    proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
+    proxy.empty_logs(1)  # the range's only non-empty answer
     failed = 0
     for _ in range(20):
         try:

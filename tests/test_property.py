@@ -572,6 +572,9 @@ def test_random_sequences_keep_the_event_log_equal_to_the_oracle(
             world = World(harness, rng, seed, f"harness {n} {options}")
             world.run_sequences(SEQUENCES_PER_HARNESS, stats)
             world.check_fresh_index(databases[2 * n + 1], stats)
+        except Exception as exc:  # an engine error, not only a failed check: name the seed
+            exc.add_note(f"AUDIFI_PROPERTY_SEED={seed} (harness {n} {options})")
+            raise
         finally:
             harness.close()
             node.stop()

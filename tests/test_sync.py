@@ -6,6 +6,7 @@ the oracle's event log of the canonical chain (tests/fixtures/truth.py).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import uuid
 from collections.abc import Callable
@@ -79,11 +80,56 @@ def test_spoofed_events_are_ignored_and_counted(make_harness: MakeHarness) -> No
     assert counts["dead_letters"] == 0 and counts["contracts"] == 0
 
 
-def test_logs_before_a_registration_are_ignored_and_counted(make_harness: MakeHarness) -> None:
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["counted", "not_fetched"])
+@pytest.mark.parametrize("blocks_after", [0, 20], ids=["near_head", "backfilled"])
+def test_spoofed_share_transfers_are_ignored_and_counted(
+    make_harness: MakeHarness, blocks_after: int, count_spoofed: bool
+) -> None:
+    """SPEC §2: a contract no registry registered that emits share ``Transfer`` logs (the
+    ERC-721 shape: a copy of MasterShares minting, a forger) is ignored and counted, near the
+    head and in a backfill alike. ERC-20 ``Transfer`` logs (3 topics: every token's, here a
+    forger's and an artist coin's mint) are not AudiFi-shaped: dropped, not counted. With
+    ``count_spoofed_transfers`` off, ``Transfer`` is fetched from registered contracts only."""
+    from indexer.decode import TOPIC0, EventType
+
+    h = make_harness()
+    if not count_spoofed:
+        h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=False)
+    owner, holder = h.node.accounts[0], h.node.accounts[1]
+    rogue = deploy(h.w3, "MasterShares", "Rogue", "R", owner)
+    send_tx(h.w3, rogue.functions.mint(holder, 1))
+    send_tx(h.w3, rogue.functions.mint(holder, 2))
+    forger = deploy(h.w3, "EventForger")
+    transfer = bytes.fromhex(TOPIC0[EventType.TRANSFER][2:])
+    to_word = bytes(12) + bytes.fromhex(holder[2:])
+    seven = (7).to_bytes(32, "big")
+    send_tx(h.w3, forger.functions.emitRaw([transfer, bytes(32), to_word, seven], b""))
+    send_tx(h.w3, forger.functions.emitRaw([transfer, bytes(32), to_word], seven))
+    send_tx(h.w3, h.contracts.factory.functions.deployCoin(uuid.uuid4().bytes, "C", "C", 10**20))
+    h.node.mine(blocks_after)
+    results = h.sync()
+    if blocks_after:  # the spoofs are final blocks: fetched by the backfill
+        assert any(r.to_block and r.to_block <= h.head() - 8 for r in results), results
+    stored = h.stored()
+    assert stored == h.expected()
+    assert _types(stored) == ["ArtistCoinDeployed"]
+    ignored = h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0]
+    assert ignored == (3 if count_spoofed else 0)
+    counts = store.counts(h.conn, h.chain_id)
+    assert counts["dead_letters"] == 0 and counts["contracts"] == 0
+    assert h.conn.execute("SELECT count(*) FROM nft_shares").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
+def test_logs_before_a_registration_are_ignored_and_counted(
+    make_harness: MakeHarness, count_spoofed: bool
+) -> None:
     """SPEC §8: a share contract's logs before its registration leave no row, only a count —
     those of earlier blocks (fetched once, when the registration is seen) and those of the
-    registration's own block."""
+    registration's own block; whichever filters fetch the range
+    (``count_spoofed_transfers``)."""
     h = make_harness()
+    h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=count_spoofed)
     owner = h.node.accounts[0]
     shares = deploy(h.w3, "MasterShares", "Early", "E", owner)
     holder = h.node.accounts[1]
@@ -106,13 +152,17 @@ def test_logs_before_a_registration_are_ignored_and_counted(make_harness: MakeHa
     assert counts["dead_letters"] == 0 and counts["contracts"] == 1
 
 
-def test_logs_before_registrations_are_counted_once(make_harness: MakeHarness) -> None:
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
+def test_logs_before_registrations_are_counted_once(
+    make_harness: MakeHarness, count_spoofed: bool
+) -> None:
     """Two contracts registered at different blocks, with logs before, between and after the
     registrations, one of them carrying an AudiFi signature (fetched from any emitter): every
     log before its contract's registration is counted exactly once."""
     from indexer.decode import TOPIC0, EventType
 
     h = make_harness()
+    h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=count_spoofed)
     owner, holder = h.node.accounts[0], h.node.accounts[1]
     registry = h.contracts.registry.functions
     shares = deploy(h.w3, "MasterShares", "Early", "E", owner)
@@ -138,6 +188,43 @@ def test_logs_before_registrations_are_counted_once(make_harness: MakeHarness) -
     )
     assert expected == 2 + 4
     assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == expected
+
+
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
+def test_registered_contracts_other_logs(make_harness: MakeHarness, count_spoofed: bool) -> None:
+    """The trade-off of ``count_spoofed_transfers`` for a registered contract's logs that are
+    not ``Transfer``: on (the default), the range is fetched by signature, and a registered
+    contract's other logs (``Approval``, an unknown signature) are not fetched — no row, no
+    dead letter, no count; its malformed ``Transfer`` is still a dead letter. Off, every log of
+    a registered contract is fetched: the unknown signature becomes a dead letter."""
+    from indexer.decode import TOPIC0, EventType
+
+    h = make_harness()
+    h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=count_spoofed)
+    owner, holder = h.node.accounts[0], h.node.accounts[1]
+    forger = deploy(h.w3, "EventForger")
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, forger.address))
+    erc20 = [bytes.fromhex(TOPIC0[EventType.TRANSFER][2:]), bytes(32), bytes(32)]
+    send_tx(h.w3, forger.functions.emitRaw(erc20, (7).to_bytes(32, "big")))
+    send_tx(h.w3, forger.functions.emitRaw([bytes.fromhex("ab" * 32)], b""))
+    rogue = deploy(h.w3, "MasterShares", "Mine", "M", owner)
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, rogue.address))
+    send_tx(h.w3, rogue.functions.mint(holder, 1))
+    send_tx(h.w3, rogue.functions.approve(owner, 1), holder)
+    h.sync()
+    assert h.stored() == h.expected()
+    reasons = [
+        row[0]
+        for row in h.conn.execute(
+            "SELECT reason FROM indexer_dead_letters ORDER BY block_number, log_index"
+        ).fetchall()
+    ]
+    assert len(reasons) == (1 if count_spoofed else 2)
+    assert "Transfer with 3 topics" in reasons[0]
+    if not count_spoofed:
+        assert "unknown event signature" in reasons[1]
+    # only the share contract's OwnershipTransferred at deployment, before its registration
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 1
 
 
 def test_log_counted_in_an_earlier_batch_is_not_counted_again(make_harness: MakeHarness) -> None:
