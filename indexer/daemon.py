@@ -406,6 +406,7 @@ class Daemon:
             start_block=settings.start_block,
             confirmations=settings.confirmations,
             finality_depth=settings.finality_depth,
+            count_spoofed_transfers=settings.count_spoofed_transfers,
         )
         if not self._acquire_leadership(chain_id):
             return 0
