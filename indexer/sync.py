@@ -574,17 +574,17 @@ def confirm_empty_answers(
     when it carries the share contracts' ``Transfer`` logs (:attr:`Trust.
     count_spoofed_transfers`); one of the rare signatures only is not: the trusted emitters'
     logs it selects also come with the emitter filter (:func:`agreed_logs`), and an untrusted
-    spoof is only ever counted."""
+    spoof is only ever counted. A "too many results" answer to the second ask propagates
+    (:class:`RangeTooLargeError`): the caller narrows the range and fetches it again — an
+    empty answer is never taken unconfirmed (found by review: a lagging node's ``[]`` beside a
+    node that refuses the range would otherwise commit the range empty)."""
     empty = [
         f for f, group in zip(filters, groups, strict=True)
         if not group and (f.addresses or _TRANSFER_TOPIC in f.topic0)
     ]  # fmt: skip
     if not empty:
         return
-    try:
-        again, _ = source.fetch(empty, [])
-    except RangeTooLargeError:
-        return  # refused now, answered before (nodes with other limits): taken unconfirmed
+    again, _ = source.fetch(empty, [])
     for wanted, answer in zip(empty, again, strict=True):
         if answer:
             raise _inconsistent(
@@ -798,6 +798,7 @@ def prepare_final_range(
         filters = make_filters(trust, registrations, first, last)
         try:
             groups, ends = source.fetch(filters, [first, last])
+            confirm_empty_answers(source, filters, groups)
             break
         except RangeTooLargeError as exc:
             last = narrowed_last(first, last, exc)
@@ -806,7 +807,6 @@ def prepare_final_range(
     check_headers(numbers, ends[: len(numbers)])
     headers = {h.number: h for h in ends if h is not None}
     logs = agreed_logs(filters, groups)
-    confirm_empty_answers(source, filters, groups)
     watched = watched_masks(trust, registrations)
     missing = missing_log_blocks(headers.values(), logs, watched, trust.count_spoofed_transfers)
     if missing:
@@ -1114,6 +1114,7 @@ class Syncer:
             filters = self._filters(first, last)
             try:
                 groups, ends = self.source.fetch(filters, [first, last])
+                confirm_empty_answers(self.source, filters, groups)
                 break
             except RangeTooLargeError as exc:
                 last = self._narrow(first, last, exc)
@@ -1123,7 +1124,6 @@ class Syncer:
         self._check_link(state, headers[first])
         logs = agreed_logs(filters, groups)
         self._check_blooms(headers.values(), logs)
-        confirm_empty_answers(self.source, filters, groups)
         fetch_missing_headers(self.source, logs, headers)
         return self._commit(
             state, head, first, last, logs, headers, window=[headers[last]], bound=bound
