@@ -253,6 +253,22 @@ def test_filters_by_signature_agree_on_the_configured_contracts_logs() -> None:
         agreed_logs(filters, [[moved, registered], [other]])
 
 
+def _caught_up_after_one_confirmation_failure(h: Harness, start: int, events: int) -> None:
+    """Step until caught up: exactly one step fails on the empty answer asked again, and the
+    retry indexes the ``events`` events from block ``start`` on."""
+    failed = 0
+    for _ in range(20):
+        try:
+            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
+                break
+        except InconsistentResponseError as exc:
+            assert "asked again" in str(exc)
+            failed += 1
+    assert failed == 1
+    assert h.stored() == h.expected()
+    assert len([row for row in h.stored() if row[0] >= start]) == events
+
+
 @pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
 def test_empty_final_range_is_asked_again(
     make_harness: MakeHarness, rpc_proxy_factory: ProxyFactory, count_spoofed: bool
@@ -271,17 +287,7 @@ def test_empty_final_range_is_asked_again(
     h.node.mine(3)  # the final range's last block holds no log
     proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
     proxy.empty_logs(2)  # both answers of the first range's batch
-    failed = 0
-    for _ in range(20):
-        try:
-            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
-                break
-        except InconsistentResponseError as exc:
-            assert "asked again" in str(exc)
-            failed += 1
-    assert failed == 1
-    assert h.stored() == h.expected()
-    assert len([row for row in h.stored() if row[0] >= start]) == 4
+    _caught_up_after_one_confirmation_failure(h, start, events=4)
 
 
 def test_empty_final_range_of_share_transfers_is_asked_again(
@@ -301,17 +307,7 @@ def test_empty_final_range_of_share_transfers_is_asked_again(
     h.node.mine(3)  # the final range's last block holds no log
     proxy = _proxied(h, rpc_proxy_factory, max_attempts=1)
     proxy.empty_logs(1)  # the range's only non-empty answer
-    failed = 0
-    for _ in range(20):
-        try:
-            if h.syncer.step().outcome is Outcome.CAUGHT_UP:
-                break
-        except InconsistentResponseError as exc:
-            assert "asked again" in str(exc)
-            failed += 1
-    assert failed == 1
-    assert h.stored() == h.expected()
-    assert len([row for row in h.stored() if row[0] >= start]) == 4
+    _caught_up_after_one_confirmation_failure(h, start, events=4)
 
 
 class SplitSource:
