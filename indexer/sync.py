@@ -182,9 +182,9 @@ class Trust:
     share contracts' ``Transfer`` logs come with the first filter, and so do spoofed ones:
     ERC-721-shaped (4 topics) ``Transfer`` logs of contracts not registered at their position
     are counted as ignored; ERC-20 ones (3 topics: every token's) are not AudiFi logs, dropped
-    uncounted. A registered contract's other logs (``Approval``, ``ApprovalForAll``, unknown
-    signatures) are not fetched at all. Each log comes once: no more logs than the
-    contracts' filter alone, and a topic filter costs the node less than an address list.
+    uncounted. A registered contract's logs without an AudiFi signature (``Approval``,
+    ``ApprovalForAll``, unknown signatures) are not fetched at all. Each log comes once: no
+    more logs than the contracts' filter alone (measured in the benchmark: the same time).
 
     ``False`` (for a public chain, where the first filter would download every token's
     transfers): the rare signatures from any emitter, and every log of the configured and
