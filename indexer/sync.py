@@ -674,16 +674,21 @@ def count_logs_before_registration(
     logs are counted) emitted from ``start_block`` on: ignored (a contract is trusted from its
     registration log on) and only counted (SPEC §8). Those the range holding them fetched from
     every emitter and counted (:meth:`Trust.counted_where_fetched`) are left out: each log is
-    counted once. One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it).
-    Best effort: a count, never data — a node that refuses or fails the request leaves them
-    uncounted (logged), and never fails or holds up the batch."""
+    counted once. One ``eth_getLogs``, one attempt (``fetch_once`` where the source has it);
+    an empty answer is asked again once (found by a fault soak: a lagging node's ``[]`` left
+    the logs uncounted, silently). Best effort: a count, never data — a node that refuses or
+    fails the request leaves them uncounted (logged), and never fails or holds up the
+    batch."""
     last = max((block if index else block - 1 for block, index in before.values()), default=-1)
     if last < start_block:
         return 0
     contracts = tuple(sorted(before))
     fetch = getattr(source, "fetch_once", source.fetch)
+    wanted = [LogFilter(start_block, last, addresses=contracts)]
     try:
-        (found,), _ = fetch([LogFilter(start_block, last, addresses=contracts)], [])
+        (found,), _ = fetch(wanted, [])
+        if not found:  # a lagging node's [] is asked again, once, as for a range's answers
+            (found,), _ = fetch(wanted, [])
     except RpcError as exc:
         log.warning(
             "logs_before_registration_uncounted",

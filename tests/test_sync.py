@@ -16,6 +16,7 @@ import pytest
 from web3.logs import DISCARD
 
 from indexer import store
+from indexer.chain.http_source import HttpChainSource
 from indexer.sync import Outcome, Syncer, SyncOptions, Trust
 from tests.fixtures.chains import deploy, mine_in_one_block, send_tx
 from tests.fixtures.indexing import Harness
@@ -150,6 +151,45 @@ def test_logs_before_a_registration_are_ignored_and_counted(
     assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == len(early)
     counts = store.counts(h.conn, h.chain_id)
     assert counts["dead_letters"] == 0 and counts["contracts"] == 1
+
+
+class FirstCountAnsweredEmpty:
+    """A chain source whose first best-effort ``eth_getLogs`` (``fetch_once``: the count of a
+    contract's logs before its registration) is answered ``[]`` by a node lagging in its log
+    index; everything else goes to the good node."""
+
+    def __init__(self, good: HttpChainSource) -> None:
+        self.good, self.lagged = good, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.good, name)
+
+    def fetch_once(self, filters: Any, header_numbers: Any) -> Any:
+        groups, headers = self.good.fetch_once(filters, header_numbers)
+        if not self.lagged:
+            self.lagged = True
+            return [[] for _ in groups], headers
+        return groups, headers
+
+
+@pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
+def test_logs_before_a_registration_counted_past_a_lagging_answer(
+    make_harness: MakeHarness, count_spoofed: bool
+) -> None:
+    """The count of a contract's logs before its registration is one best-effort
+    ``eth_getLogs``; an empty answer from a lagging node is asked again (found by a fault
+    soak: the logs went uncounted, and nothing was logged)."""
+    h = make_harness()
+    h.use_source(FirstCountAnsweredEmpty(HttpChainSource([h.node.url])))
+    h.syncer.trust = dataclasses.replace(h.trust, count_spoofed_transfers=count_spoofed)
+    shares = deploy(h.w3, "MasterShares", "Early", "E", h.node.accounts[0])
+    send_tx(h.w3, shares.functions.mint(h.node.accounts[1], 1))
+    h.node.mine(1)
+    send_tx(h.w3, h.contracts.registry.functions.registerMaster(uuid.uuid4().bytes, shares.address))
+    h.sync()
+    assert h.source.lagged
+    # OwnershipTransferred at deployment and the mint
+    assert h.conn.execute("SELECT ignored_logs FROM indexer_state").fetchone()[0] == 2
 
 
 @pytest.mark.parametrize("count_spoofed", [True, False], ids=["spoofs_counted", "spoofs_unseen"])
