@@ -620,6 +620,21 @@ def narrowed_last(first: int, last: int, exc: RangeTooLargeError) -> int:
     return first + (last - first) // 2
 
 
+def logs_needing_headers(
+    logs: list[Log], trust: Trust, registrations: dict[str, store.Registration]
+) -> list[Log]:
+    """The logs of ``logs`` whose block header a backfill batch needs: those of the configured
+    and registered contracts, contracts registered inside ``logs`` included (their events'
+    block time, and the check of their block hash). An untrusted log is only counted, so a
+    block holding nothing else needs no header — with ``Transfer`` fetched from every emitter
+    (:attr:`Trust.count_spoofed_transfers`) that is every block with another token's transfer
+    (found by review)."""
+    known = {*trust.addresses, *registrations}
+    known.update(_new_registration_targets(logs, trust, registrations))
+    kept = [log for log in logs if log.address in known]
+    return logs if len(kept) == len(logs) else kept
+
+
 def fetch_missing_headers(
     source: ChainSource, logs: Iterable[Log], headers: dict[int, BlockHeader]
 ) -> None:
@@ -816,7 +831,7 @@ def prepare_final_range(
     missing = missing_log_blocks(headers.values(), logs, watched, trust.count_spoofed_transfers)
     if missing:
         raise _missing_logs_error(*missing[0])  # the step fetches again and decides
-    fetch_missing_headers(source, logs, headers)
+    fetch_missing_headers(source, logs_needing_headers(logs, trust, registrations), headers)
     check_logs(logs, first, last, headers)
     logs, before = with_extra_logs(source, trust, registrations, logs, last, headers, start_block)
     processed = process_logs(logs, headers, trust, registrations)
@@ -1129,7 +1144,8 @@ class Syncer:
         self._check_link(state, headers[first])
         logs = agreed_logs(filters, groups)
         self._check_blooms(headers.values(), logs)
-        fetch_missing_headers(self.source, logs, headers)
+        wanting = logs_needing_headers(logs, self.trust, self._known_registrations())
+        fetch_missing_headers(self.source, wanting, headers)
         return self._commit(
             state, head, first, last, logs, headers, window=[headers[last]], bound=bound
         )
