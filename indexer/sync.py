@@ -208,21 +208,34 @@ class Trust:
         found = [a for a in (self.registry, self.coin_factory) if a]
         return tuple(sorted({*found, *self.dividends}))
 
+    def counted_as_ignored(self, log: Log) -> bool:
+        """Whether an untrusted ``log`` (or one before its contract's registration) counts as
+        ignored: all do, but an ERC-20-shaped ``Transfer`` when ``Transfer`` is fetched from
+        every emitter (:attr:`count_spoofed_transfers`): every token's transfer shares the
+        signature, and only the ERC-721 shape is a spoof of a share transfer."""
+        return not (self.count_spoofed_transfers and _transfer_shape(log) == _ERC20_SHAPED)
+
     def counted_where_fetched(self, log: Log) -> bool:
         """Whether an untrusted ``log`` was counted as ignored by the range that fetched it
-        with the any-emitter filter (:func:`make_filters`, :func:`counted_as_ignored`): a rare
+        with the any-emitter filter (:func:`make_filters`, :meth:`counted_as_ignored`): a rare
         AudiFi signature, or an ERC-721-shaped ``Transfer`` when spoofed transfers are
         counted."""
         topics = log.topics
-        if not topics:
-            return False
-        if topics[0] in _ANY_EMITTER:
+        if topics and topics[0] in _ANY_EMITTER:
             return True
-        return (
-            self.count_spoofed_transfers
-            and topics[0] == _TRANSFER_TOPIC
-            and len(topics) == ERC721_TRANSFER_TOPICS
-        )
+        return self.count_spoofed_transfers and _transfer_shape(log) == _ERC721_SHAPED
+
+
+_ERC721_SHAPED, _ERC20_SHAPED = "erc721", "erc20"
+
+
+def _transfer_shape(log: Log) -> str | None:
+    """``"erc721"`` for a ``Transfer`` with 4 topics (:data:`ERC721_TRANSFER_TOPICS`),
+    ``"erc20"`` for one with any other count, None for another event."""
+    topics = log.topics
+    if not topics or topics[0] != _TRANSFER_TOPIC:
+        return None
+    return _ERC721_SHAPED if len(topics) == ERC721_TRANSFER_TOPICS else _ERC20_SHAPED
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +346,7 @@ def process_logs(
                 registration.block_number,
                 registration.log_index,  # = the positions, unboxed
             ):
-                if counted_as_ignored(log, trust):
+                if trust.counted_as_ignored(log):
                     out.ignored += 1
                 continue
             role = _MASTER
@@ -374,20 +387,6 @@ def process_logs(
                 continue
         out.dead_letters.append(dead_letter(log, reason))
     return out
-
-
-def counted_as_ignored(log: Log, trust: Trust) -> bool:
-    """Whether an untrusted ``log`` (or one before its contract's registration) counts as
-    ignored: all do, but an ERC-20-shaped ``Transfer`` (not 4 topics) when ``Transfer`` is
-    fetched from every emitter (:attr:`Trust.count_spoofed_transfers`): every token's transfer
-    shares the signature, and only the ERC-721 shape is a spoof of a share transfer."""
-    topics = log.topics
-    return not (
-        trust.count_spoofed_transfers
-        and topics
-        and topics[0] == _TRANSFER_TOPIC
-        and len(topics) != ERC721_TRANSFER_TOPICS
-    )
 
 
 def dead_letter(log: Log, reason: str) -> store.DeadLetter:
