@@ -15,7 +15,7 @@ install: $(STAMP_PY) $(STAMP_NPM)
 
 $(STAMP_PY): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 $(STAMP_NPM): package.json package-lock.json
@@ -41,7 +41,7 @@ typecheck: $(STAMP_PY)
 check: lint typecheck test
 
 bench: install
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	PIP_CONSTRAINT=constraints.txt $(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m bench
 
 contracts: $(STAMP_NPM)
