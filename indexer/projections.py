@@ -158,8 +158,9 @@ class AudifiProjector(Projector):
     def __init__(self) -> None:
         self._mint_counts: dict[str, int] = {}
         """Applied mints per master (id text), the k of the next mint's Mover Advantage."""
-        self._users_seen: str | None = None
-        """Fingerprint of the users' wallets at the last re-link (None: unknown)."""
+        self._linked = False
+        """Every share was re-linked since this projector began or last forgot (False: the
+        next re-link covers every share — a former process's writes included)."""
         self._written: set[tuple[str, int]] | None = set()
         """Shares written since the last re-link (None: too many to list)."""
         self._nothing_pending = False
@@ -168,7 +169,7 @@ class AudifiProjector(Projector):
     def forget(self) -> None:
         """Drop caches (after a rollback or a failed transaction)."""
         self._mint_counts.clear()
-        self._users_seen = None
+        self._linked = False
         self._written = set()
         self._nothing_pending = False
 
@@ -303,17 +304,31 @@ class AudifiProjector(Projector):
         return len(applied)
 
     def _relink(self, conn: store.Conn) -> None:
-        """:func:`relink_owners`, on every share when the users' wallets changed since the last
-        re-link (or that is unknown), else only on the shares written since then — those were
-        linked at write time, to the users as they were at that moment. So a poll costs
-        O(users + new shares) instead of O(all shares); the result is the same."""
-        seen = _users_fingerprint(conn)
+        """:func:`relink_owners` on the shares whose owner may have changed since the last
+        re-link, in the reconcile's transaction:
+
+        * the shares held by a wallet whose users changed — the triggers on ``users`` note it
+          in ``indexer_wallet_changes`` (migration ``0006``), taken here;
+        * the shares written since — linked at write time, to the users as they were then
+          (a batch planned ahead read them earlier still);
+        * every share when that is unknown: at start, after :meth:`forget`, past
+          :data:`_MAX_NOTED_SHARES` written shares or :data:`_MAX_WALLET_CHANGES` changed
+          wallets, or after ``users`` was truncated.
+
+        A poll costs O(changes + shares written), not O(users) or O(shares). The changes are
+        taken before the shares are read, in the same transaction: a change this poll does not
+        see is taken by the next one; one it takes is visible to its re-link. Whatever the
+        order, the result is :func:`relink_owners` on every share."""
+        wallets = _take_wallet_changes(conn)
         written = self._written
-        if seen != self._users_seen or written is None:
+        if not self._linked or written is None or wallets is None:
             relink_owners(conn)
-        elif written:
-            relink_owners(conn, shares=written)
-        self._users_seen = seen
+        else:
+            if wallets:
+                relink_owners(conn, wallets=wallets)
+            if written:
+                relink_owners(conn, shares=written)
+        self._linked = True
         self._written = set()
 
     def _retier(self, conn: store.Conn, chain_id: int) -> None:
@@ -497,11 +512,11 @@ class AudifiProjector(Projector):
         calls :meth:`forget` when it does not), so the next batch and poll do not start from
         nothing — which cost O(all shares) for the owners' re-link and O(history) per master
         for its mint count after every reorg: the applied-mint counts less the mints taken
-        back (counted here, from the window's events), and the users' fingerprint and the
-        shares written since the last re-link, to which the shares it puts back are added (it
-        links them to the users as they are now, which may be a passing state the fingerprint
-        does not see — wallets changed and changed back: found by review), so the next
-        re-link costs O(reorg), not O(all shares)."""
+        back (counted here, from the window's events), and the shares written since the last
+        re-link, to which the shares it puts back are added (their links come from their
+        images or from the users as they are now, and a wallet change an earlier poll took may
+        lie between the two: found by review), so the next re-link costs O(reorg), not
+        O(all shares)."""
         self._nothing_pending = False
         taken_back = dict(
             conn.execute(
@@ -542,8 +557,8 @@ class AudifiProjector(Projector):
         _restore_shares(conn, exact)
         recompute_shares(conn, chain_id, derived, up_to=ancestor)
         self._mint_counts = {m: n - taken_back.get(m, 0) for m, n in self._mint_counts.items()}
-        # Linked to the users as they are now, which may be a passing state the fingerprint
-        # does not see (wallets changed and changed back): the next re-link covers them.
+        # Linked from their images or to the users as they are now; a wallet change taken by
+        # an earlier poll may lie between the two: the next re-link covers them.
         self._note_written((str(master), int(token)) for master, token, _, _ in touched)
 
 
@@ -905,39 +920,71 @@ _MAX_NOTED_SHARES = 10_000
 """Beyond this many shares written between two polls (a backfill), re-link them all."""
 
 
-def _users_fingerprint(conn: store.Conn) -> str:
-    """Everything :func:`relink_owners` reads from ``users``, digested (O(users))."""
-    row = conn.execute(
-        "SELECT count(*) || ':' || coalesce(md5(string_agg(id::text || '=' || "
-        "lower(wallet_address) || '@' || coalesce(created_at::text, ''), ',' ORDER BY id)), '')"
-        " FROM users WHERE wallet_address IS NOT NULL"
-    ).fetchone()
-    return str(row[0]) if row else ""
+_MAX_WALLET_CHANGES = 10_000
+"""Beyond this many changed wallets taken at once, re-link every share."""
+
+
+def _take_wallet_changes(conn: store.Conn) -> set[str] | None:
+    """Take (delete) the wallets noted by the triggers on ``users``; None: re-link every share
+    (``users`` was truncated, or too many changed)."""
+    wallets: set[str] = set()
+    with conn.cursor() as cur:
+        cur.execute("DELETE FROM indexer_wallet_changes RETURNING wallet")
+        for (wallet,) in cur:
+            if wallet is None:
+                return None
+            wallets.add(wallet)
+    return None if len(wallets) > _MAX_WALLET_CHANGES else wallets
 
 
 def relink_owners(
-    conn: store.Conn, shares: Iterable[tuple[uuid.UUID | str, int]] | None = None
+    conn: store.Conn,
+    shares: Iterable[tuple[uuid.UUID | str, int]] | None = None,
+    wallets: Iterable[str] | None = None,
 ) -> None:
-    """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively);
-    on every share, or only on ``shares`` ((master, token id) keys)."""
-    only = ""
-    params: tuple[Any, ...] | None = None
+    """``owner_id`` := the user whose wallet matches ``owner_wallet`` (case-insensitively; the
+    first created where several do, NULL where none does); on every share, or only on
+    ``shares`` ((master, token id) keys), or only on the shares held by ``wallets``
+    (lowercase).
+
+    Scoped, one statement reads only the shares concerned (through the (master, token) or the
+    wallet index) and, for each, the users of its wallet (through the index on
+    ``lower(wallet_address)``): its cost does not grow with ``users`` or ``nft_shares``, and
+    its plan does not depend on their statistics (a plan led by ``owner_id IS NOT NULL``
+    walked every linked share when the statistics predated a large re-link)."""
+    if shares is None and wallets is None:
+        conn.execute(
+            "UPDATE nft_shares s SET owner_id = u.id FROM ("
+            "  SELECT DISTINCT ON (lower(wallet_address)) lower(wallet_address) AS wallet, id"
+            "  FROM users WHERE wallet_address IS NOT NULL"
+            "  ORDER BY lower(wallet_address), created_at, id) u "
+            "WHERE s.owner_wallet = u.wallet AND s.owner_id IS DISTINCT FROM u.id"
+        )
+        conn.execute(
+            "UPDATE nft_shares s SET owner_id = NULL WHERE s.owner_id IS NOT NULL AND NOT EXISTS "
+            "(SELECT 1 FROM users u WHERE u.id = s.owner_id "
+            "AND lower(u.wallet_address) = s.owner_wallet)"
+        )
+        return
+    params: dict[str, Any]
     if shares is not None:
         keys = list(shares)
-        only = " AND (s.master_id, s.token_id) IN (SELECT * FROM unnest(%s::uuid[], %s::numeric[]))"
-        params = ([k[0] for k in keys], [k[1] for k in keys])
+        params = {"masters": [k[0] for k in keys], "tokens": [k[1] for k in keys]}
+        concerned = (
+            "JOIN unnest(%(masters)s::uuid[], %(tokens)s::numeric[]) k(master_id, token_id) "
+            "ON c.master_id = k.master_id AND c.token_id = k.token_id"
+        )
+    else:
+        params = {"wallets": sorted(set(wallets or ()))}
+        concerned = "JOIN unnest(%(wallets)s::text[]) w(wallet) ON c.owner_wallet = w.wallet"
     conn.execute(
-        "UPDATE nft_shares s SET owner_id = u.id FROM ("
-        "  SELECT DISTINCT ON (lower(wallet_address)) lower(wallet_address) AS wallet, id"
-        "  FROM users WHERE wallet_address IS NOT NULL"
-        "  ORDER BY lower(wallet_address), created_at, id) u "
-        "WHERE s.owner_wallet = u.wallet AND s.owner_id IS DISTINCT FROM u.id" + only,
-        params,
-    )
-    conn.execute(
-        "UPDATE nft_shares s SET owner_id = NULL WHERE s.owner_id IS NOT NULL AND NOT EXISTS ("
-        "SELECT 1 FROM users u WHERE u.id = s.owner_id "
-        "AND lower(u.wallet_address) = s.owner_wallet)" + only,
+        "UPDATE nft_shares s SET owner_id = n.owner FROM ("
+        "  SELECT c.master_id, c.token_id, (SELECT u.id FROM users u"
+        "    WHERE lower(u.wallet_address) = c.owner_wallet"
+        "    ORDER BY u.created_at, u.id LIMIT 1) AS owner"
+        "  FROM nft_shares c " + concerned + ") n "
+        "WHERE s.master_id = n.master_id AND s.token_id = n.token_id "
+        "AND s.owner_id IS DISTINCT FROM n.owner",
         params,
     )
 

@@ -706,9 +706,10 @@ def test_reorg_keeps_the_mint_counts_and_the_owner_links_it_can(
     make_harness: MakeHarness, pg_template: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A committed rollback leaves the projector's caches as they are after it — the mint
-    counts less the mints it took back, the users' fingerprint — so the next batch does not
-    count each master's whole history again and the next poll does not re-link every share
-    (both grew with the chain). Tiers after the reorg, and owners, equal a fresh index."""
+    counts less the mints it took back, the shares written since the last re-link — so the
+    next batch does not count each master's whole history again and the next poll does not
+    re-link every share (both grew with the chain). Tiers after the reorg, and owners, equal a
+    fresh index."""
     calls: list[str] = []
     counted, relinked = projections._applied_mint_counts, projections.relink_owners
 
@@ -716,9 +717,9 @@ def test_reorg_keeps_the_mint_counts_and_the_owner_links_it_can(
         calls.append("count")
         return counted(conn, masters)
 
-    def relink_spy(conn: Any, shares: Any = None) -> None:
-        calls.append("relink all" if shares is None else "relink some")
-        relinked(conn, shares)
+    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
+        calls.append("relink all" if shares is None and wallets is None else "relink some")
+        relinked(conn, shares, wallets)
 
     monkeypatch.setattr(projections, "_applied_mint_counts", count_spy)
     monkeypatch.setattr(projections, "relink_owners", relink_spy)
@@ -755,8 +756,8 @@ def test_reorg_relinks_what_it_put_back_when_the_users_changed_and_changed_back(
 ) -> None:
     """Found by review of the cache-keeping rollback: a share the rollback puts back is linked
     to the users as they are during the rollback; if a wallet is unlinked then and linked
-    again before the next poll, the users' fingerprint is unchanged — the next re-link must
-    still cover that share."""
+    again before the next poll, the users are as they were — the next re-link must still cover
+    that share."""
     h = make_harness(finality_depth=12)
     alice, bob = h.node.accounts[1:3]
     artist = add_user(h)
@@ -769,7 +770,7 @@ def test_reorg_relinks_what_it_put_back_when_the_users_changed_and_changed_back(
     h.syncer.reconcile()
     send_tx(h.w3, own.functions.transferFrom(bob, alice, 1), sender=bob)
     h.sync()
-    h.syncer.reconcile()  # the users' fingerprint noted; nothing written since
+    h.syncer.reconcile()  # nothing written since
     h.conn.execute("UPDATE users SET wallet_address = NULL WHERE id = %s", (bob_id,))
     replacement = reorg_tx(h.contracts.distributor.functions.record(master_id.bytes, 1), alice)
     anvil_reorg(h.node, 1, [(replacement, 0)])  # token 1 goes back to bob, who has no user now

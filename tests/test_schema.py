@@ -494,6 +494,9 @@ def test_declared_metadata_matches_migrations(database_url: str) -> None:
         engine.dispose()
 
 
+EMPTY: dict[str, list[str]] = {"relations": [], "types": [], "triggers": [], "functions": []}
+
+
 def _objects(url: str) -> dict[str, list[str]]:
     engine = create_engine(url, pool_size=1)
     try:
@@ -512,6 +515,14 @@ def _objects(url: str) -> dict[str, list[str]]:
                     "SELECT t.typname FROM pg_type t JOIN pg_namespace n "
                     "ON n.oid = t.typnamespace WHERE n.nspname = 'public' AND t.typtype = 'e'"
                 ),
+                "triggers": names(
+                    "SELECT t.tgname || ' ' || t.tgenabled::text FROM pg_trigger t "
+                    "WHERE NOT t.tgisinternal"
+                ),
+                "functions": names(
+                    "SELECT p.proname FROM pg_proc p JOIN pg_namespace n "
+                    "ON n.oid = p.pronamespace WHERE n.nspname = 'public'"
+                ),
             }
     finally:
         engine.dispose()
@@ -522,8 +533,10 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_database_url: str) -> None:
     assert first.current is None and first.head == migrate.head_revision()
     migrated = _objects(empty_database_url)
     assert "nft_shares" in migrated["relations"] and len(migrated["types"]) == 6
+    assert "indexer_wallet_update A" in migrated["triggers"]  # A: fires ALWAYS (0006)
+    assert "indexer_note_wallet_change" in migrated["functions"]
     migrate.downgrade(empty_database_url, "base")
-    assert _objects(empty_database_url) == {"relations": [], "types": []}
+    assert _objects(empty_database_url) == EMPTY
     migrate.upgrade(empty_database_url)
     assert _objects(empty_database_url) == migrated
     again = migrate.upgrade(empty_database_url)  # idempotent
@@ -543,7 +556,7 @@ def test_plain_alembic_api_with_sqlalchemy_url(
     assert migrate.schema_version(empty_database_url).up_to_date
     assert "nft_shares" in _objects(empty_database_url)["relations"]
     command.downgrade(cfg, "base")
-    assert _objects(empty_database_url) == {"relations": [], "types": []}
+    assert _objects(empty_database_url) == EMPTY
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -17,9 +17,14 @@ Guarantees these tables carry (enforced by the engine, see ``indexer/sync.py``):
   and published after commit (at least once, in ``id`` order).
 * ``indexer_tier_configs`` keeps, per master, the digest of the ``ipo_configs`` tiers its
   shares were last given: a configuration added or changed later re-tiers them.
+* ``indexer_wallet_changes`` lists the (lowercased) wallets whose users changed, noted by
+  triggers on ``users`` in the backend's own transaction (migration ``0006``; NULL: the table
+  was truncated). The engine takes them each poll and re-links the shares those wallets hold.
 
-Every row carries ``chain_id``: one database may only ever hold one chain (checked at start),
-but keeping the key makes a mix-up detectable instead of silent.
+Every row but a wallet change's carries ``chain_id``: one database may only ever hold one
+chain (checked at start), but keeping the key makes a mix-up detectable instead of silent.
+``users`` belongs to no chain, and neither does ``nft_shares.owner_id``: whichever engine
+takes a change re-links every share the wallet holds.
 """
 
 from __future__ import annotations
@@ -175,4 +180,12 @@ indexer_tier_configs = sa.Table(
     sa.Column("master_id", pg.UUID(as_uuid=True), primary_key=True),
     sa.Column("digest", sa.Text, nullable=False),
     sa.Column("updated_at", TZ, nullable=False, server_default=NOW),
+)
+
+indexer_wallet_changes = sa.Table(
+    "indexer_wallet_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("wallet", sa.Text),
+    sa.Column("noted_at", TZ, nullable=False, server_default=NOW),
 )

@@ -1,0 +1,185 @@
+"""Shares' ``owner_id`` follows the users' wallets (SPEC §3, §8), re-linked per poll from the
+changes the triggers on ``users`` note (migration 0006) — O(changes), not O(users) or
+O(shares) — with the same result as re-linking every share."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from indexer import projections
+from tests.fixtures.chains import send_tx
+from tests.fixtures.indexing import Harness
+from tests.test_projections import add_master, add_user, register_shares
+
+MakeHarness = Callable[..., Harness]
+
+EXPECTED_OWNERS = (
+    "SELECT s.master_id, s.token_id, (SELECT u.id FROM users u "
+    "WHERE lower(u.wallet_address) = s.owner_wallet ORDER BY u.created_at, u.id LIMIT 1) "
+    "FROM nft_shares s ORDER BY 1, 2"
+)
+"""The rule, share by share: the first created user whose wallet matches, case-insensitively."""
+
+STORED_OWNERS = "SELECT master_id, token_id, owner_id FROM nft_shares ORDER BY 1, 2"
+
+
+def changes(conn: Any) -> list[str | None]:
+    return [row[0] for row in conn.execute("SELECT wallet FROM indexer_wallet_changes ORDER BY id")]
+
+
+def test_triggers_note_the_wallets_a_change_touches(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        user = add_user_row(conn, "0xAbC0000000000000000000000000000000000001")
+        add_user_row(conn, None)
+        assert changes(conn) == ["0xabc0000000000000000000000000000000000001"]
+        conn.execute("DELETE FROM indexer_wallet_changes")
+
+        conn.execute("UPDATE users SET display_name = 'x', bio = 'y' WHERE id = %s", (user,))
+        conn.execute(  # the same wallet in another case: the link cannot change
+            "UPDATE users SET wallet_address = lower(wallet_address) WHERE id = %s", (user,)
+        )
+        assert changes(conn) == []
+
+        new = "0xdef0000000000000000000000000000000000002"
+        conn.execute("UPDATE users SET wallet_address = %s WHERE id = %s", (new, user))
+        assert changes(conn) == ["0xabc0000000000000000000000000000000000001", new]
+        conn.execute("DELETE FROM indexer_wallet_changes")
+
+        conn.execute("UPDATE users SET created_at = created_at - interval '1 day' WHERE id = %s",
+                     (user,))  # fmt: skip
+        assert changes(conn) == [new]  # the tie-break between users of one wallet may change
+        conn.execute("DELETE FROM indexer_wallet_changes")
+
+        # A logical-replication subscriber or a restore runs with the replica role: still noted.
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("DELETE FROM users WHERE id = %s", (user,))
+        conn.execute("RESET session_replication_role")
+        assert changes(conn) == [new]
+        with conn.transaction():
+            assert projections._take_wallet_changes(conn) == {new}
+        assert changes(conn) == []
+
+        conn.execute("TRUNCATE users CASCADE")
+        assert changes(conn) == [None]
+        with conn.transaction():
+            assert projections._take_wallet_changes(conn) is None  # every share
+        assert changes(conn) == []
+
+
+def add_user_row(conn: Any, wallet: str | None) -> uuid.UUID:
+    user = uuid.uuid4()
+    conn.execute(
+        "INSERT INTO users (id, email, wallet_address) VALUES (%s, %s, %s)",
+        (user, f"{user}@example.org", wallet),
+    )
+    return user
+
+
+@pytest.mark.anvil
+@pytest.mark.parametrize("seed", [1, 2])
+def test_owner_links_follow_random_user_changes_without_relinking_every_share(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Users are added, re-walleted (in any case), re-dated and deleted at random between
+    polls, and shares move; after each poll every share's ``owner_id`` is what the rule gives
+    — and after the first poll no re-link covers every share."""
+    calls: list[str] = []
+    relinked = projections.relink_owners
+
+    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
+        calls.append("all" if shares is None and wallets is None else "some")
+        relinked(conn, shares, wallets)
+
+    monkeypatch.setattr(projections, "relink_owners", relink_spy)
+    rnd = random.Random(seed)
+    h = make_harness()
+    holders = h.node.accounts[1:7]
+    artist = add_user(h)
+    master_id = uuid.uuid4()
+    add_master(h, master_id, artist)
+    own = register_shares(h, master_id)
+    tokens: dict[int, str] = {}
+    for token in range(1, 25):
+        holder = rnd.choice(holders)
+        send_tx(h.w3, own.functions.mint(holder, token))
+        tokens[token] = holder
+    h.sync()
+    h.syncer.reconcile()
+    assert calls == ["all"]  # a new engine re-links every share once
+    calls.clear()
+
+    def variant(wallet: str) -> str:
+        return rnd.choice([wallet, wallet.lower(), "0x" + wallet[2:].upper()])
+
+    users: list[uuid.UUID] = []
+    for _ in range(30):
+        for _ in range(rnd.randint(1, 3)):
+            action = rnd.choice(["add", "add", "rewallet", "unlink", "redate", "delete", "move"])
+            try:
+                with h.conn.transaction():
+                    if action == "add" or not users:
+                        users.append(add_user(h, wallet=variant(rnd.choice(holders))))
+                    elif action == "rewallet":
+                        h.conn.execute(
+                            "UPDATE users SET wallet_address = %s WHERE id = %s",
+                            (variant(rnd.choice(holders)), rnd.choice(users)),
+                        )
+                    elif action == "unlink":
+                        h.conn.execute(
+                            "UPDATE users SET wallet_address = NULL WHERE id = %s",
+                            (rnd.choice(users),),
+                        )
+                    elif action == "redate":
+                        h.conn.execute(
+                            "UPDATE users SET created_at = now() - %s * interval '1 hour' "
+                            "WHERE id = %s",
+                            (rnd.randint(0, 100), rnd.choice(users)),
+                        )
+                    elif action == "delete":
+                        gone = rnd.choice(users)
+                        h.conn.execute("DELETE FROM users WHERE id = %s", (gone,))
+                        users.remove(gone)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
+                pass  # the same wallet text twice, or a user who still owns shares
+            if action == "move":
+                token = rnd.choice(list(tokens))
+                to = rnd.choice([h for h in holders if h != tokens[token]])
+                fn = own.functions.transferFrom(tokens[token], to, token)
+                send_tx(h.w3, fn, sender=tokens[token])
+                tokens[token] = to
+        h.sync()
+        h.syncer.reconcile()
+        stored = h.conn.execute(STORED_OWNERS).fetchall()
+        assert stored == h.conn.execute(EXPECTED_OWNERS).fetchall()
+    assert "all" not in calls and "some" in calls, calls
+    linked = h.conn.execute("SELECT count(owner_id) FROM nft_shares").fetchone()
+    assert linked is not None and linked[0] > 0  # the run did link shares
+
+
+def test_a_backend_role_without_rights_on_the_indexer_tables_still_writes_users(
+    database_url: str,
+) -> None:
+    """The triggers' function runs as its owner: the backend's own role, which may write
+    ``users`` and nothing of the indexer's, is not refused by them."""
+    role = f"audifi_backend_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        try:
+            conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON users TO {role}")
+            with conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role}")
+                user = add_user_row(conn, "0x00000000000000000000000000000000000000Aa")
+                conn.execute("UPDATE users SET wallet_address = NULL WHERE id = %s", (user,))
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute("SELECT * FROM indexer_wallet_changes")
+            wallet = "0x00000000000000000000000000000000000000aa"
+            assert changes(conn) == [wallet, wallet]
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
