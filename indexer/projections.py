@@ -165,6 +165,8 @@ class AudifiProjector(Projector):
         """Shares written since the last re-link (None: too many to list)."""
         self._nothing_pending = False
         """The last pass left no event pending (False: it did, or that is unknown)."""
+        self._tiers_checked = False
+        """Every master's tiers were compared since this projector began or last forgot."""
 
     def forget(self) -> None:
         """Drop caches (after a rollback or a failed transaction)."""
@@ -172,6 +174,7 @@ class AudifiProjector(Projector):
         self._linked = False
         self._written = set()
         self._nothing_pending = False
+        self._tiers_checked = False
 
     # -- chain reads before the transaction ------------------------------------------------
     def enrich(
@@ -319,7 +322,7 @@ class AudifiProjector(Projector):
         taken before the shares are read, in the same transaction: a change this poll does not
         see is taken by the next one; one it takes is visible to its re-link. Whatever the
         order, the result is :func:`relink_owners` on every share."""
-        wallets = _take_wallet_changes(conn)
+        wallets = _take_changes(conn, "indexer_wallet_changes", "wallet", _MAX_WALLET_CHANGES)
         written = self._written
         if not self._linked or written is None or wallets is None:
             relink_owners(conn)
@@ -334,18 +337,30 @@ class AudifiProjector(Projector):
     def _retier(self, conn: store.Conn, chain_id: int) -> None:
         """:func:`retier_shares` of the masters whose ``ipo_configs`` tiers differ from the
         ones their shares were last given (``indexer_tier_configs``, updated here in the same
-        transaction: a failed reconcile leaves both as they were). One query per poll,
-        computed in PostgreSQL; O(their history) when a configuration changed."""
+        transaction: a failed reconcile leaves both as they were), computed in PostgreSQL.
+
+        Only the masters the triggers on ``ipo_configs`` noted since the last poll are compared
+        (``indexer_tier_changes``, migration ``0007``, taken here); every master at start,
+        after :meth:`forget`, after a ``TRUNCATE`` or past :data:`_MAX_TIER_CHANGES`. So a poll
+        costs O(changes), and O(their history) when a configuration changed."""
+        noted = _take_changes(conn, "indexer_tier_changes", "master_id", _MAX_TIER_CHANGES)
+        every = not self._tiers_checked or noted is None
+        if not every and not noted:
+            return
+        only, params = "", {"chain": chain_id, "masters": sorted(noted or ())}
+        if not every:
+            only = " AND master_id = ANY(%(masters)s::uuid[])"
         changed = [
             row[0]
             for row in conn.execute(
-                f"SELECT coalesce(c.master_id, s.master_id) FROM ({_TIER_DIGESTS}) c "
-                "FULL JOIN (SELECT master_id, digest FROM indexer_tier_configs "
-                "WHERE chain_id = %s) s ON s.master_id = c.master_id "
-                "WHERE c.digest IS DISTINCT FROM s.digest",
-                (chain_id,),
+                f"SELECT coalesce(c.master_id, s.master_id) FROM ({_TIER_DIGESTS}"
+                f" WHERE true{only}) c FULL JOIN (SELECT master_id, digest "
+                f"FROM indexer_tier_configs WHERE chain_id = %(chain)s{only}) s "
+                "ON s.master_id = c.master_id WHERE c.digest IS DISTINCT FROM s.digest",
+                params,
             ).fetchall()
         ]
+        self._tiers_checked = True
         if not changed:
             return
         shares = retier_shares(conn, chain_id, changed)
@@ -924,17 +939,22 @@ _MAX_WALLET_CHANGES = 10_000
 """Beyond this many changed wallets taken at once, re-link every share."""
 
 
-def _take_wallet_changes(conn: store.Conn) -> set[str] | None:
-    """Take (delete) the wallets noted by the triggers on ``users``; None: re-link every share
-    (``users`` was truncated, or too many changed)."""
-    wallets: set[str] = set()
+_MAX_TIER_CHANGES = 10_000
+"""Beyond this many changed masters taken at once, compare every master's tiers."""
+
+
+def _take_changes(conn: store.Conn, table: str, column: str, limit: int) -> set[Any] | None:
+    """Take (delete) what the triggers noted in ``table`` (``indexer_wallet_changes``,
+    ``indexer_tier_changes``); None: all of it may have changed (a ``TRUNCATE`` noted NULL,
+    or more than ``limit`` were noted)."""
+    noted: set[Any] = set()
     with conn.cursor() as cur:
-        cur.execute("DELETE FROM indexer_wallet_changes RETURNING wallet")
-        for (wallet,) in cur:
-            if wallet is None:
+        cur.execute(f"DELETE FROM {table} RETURNING {column}")
+        for (value,) in cur:
+            if value is None:
                 return None
-            wallets.add(wallet)
-    return None if len(wallets) > _MAX_WALLET_CHANGES else wallets
+            noted.add(value)
+    return None if len(noted) > limit else noted
 
 
 def relink_owners(

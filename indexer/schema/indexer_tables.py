@@ -20,11 +20,13 @@ Guarantees these tables carry (enforced by the engine, see ``indexer/sync.py``):
 * ``indexer_wallet_changes`` lists the (lowercased) wallets whose users changed, noted by
   triggers on ``users`` in the backend's own transaction (migration ``0006``; NULL: the table
   was truncated). The engine takes them each poll and re-links the shares those wallets hold.
+* ``indexer_tier_changes`` lists the masters whose ``ipo_configs`` rows changed, noted by
+  triggers on ``ipo_configs`` (migration ``0007``; NULL: the table was truncated). The engine
+  takes them each poll and compares only their tiers with ``indexer_tier_configs``.
 
-Every row but a wallet change's carries ``chain_id``: one database may only ever hold one
+Every row but a wallet or tier change's carries ``chain_id``: one database may only ever hold one
 chain (checked at start), but keeping the key makes a mix-up detectable instead of silent.
-``users`` belongs to no chain, and neither does ``nft_shares.owner_id``: whichever engine
-takes a change re-links every share the wallet holds.
+``users`` and ``ipo_configs`` belong to no chain.
 """
 
 from __future__ import annotations
@@ -187,5 +189,13 @@ indexer_wallet_changes = sa.Table(
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
     sa.Column("wallet", sa.Text),
+    sa.Column("noted_at", TZ, nullable=False, server_default=NOW),
+)
+
+indexer_tier_changes = sa.Table(
+    "indexer_tier_changes",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("master_id", pg.UUID(as_uuid=True)),
     sa.Column("noted_at", TZ, nullable=False, server_default=NOW),
 )

@@ -1,12 +1,21 @@
-"""Shares' ``owner_id`` follows the users' wallets (SPEC §3, §8), re-linked per poll from the
-changes the triggers on ``users`` note (migration 0006) — O(changes), not O(users) or
-O(shares) — with the same result as re-linking every share."""
+"""What the backend changes after the mints reaches the shares at the next poll, found from
+what triggers note, not by reading every row at each poll:
+
+* ``owner_id`` follows the users' wallets (SPEC §3, §8): the triggers on ``users`` note the
+  wallets a change touches (migration 0006), and only those wallets' shares are re-linked;
+* tier and royalty follow ``ipo_configs`` (SPEC §3, §4.1): the triggers on ``ipo_configs``
+  note the masters a change touches (migration 0007), and only those masters' tiers are
+  compared.
+
+Either way a poll costs O(changes), not O(users), O(masters) or O(shares), with the same
+result as a poll that looks at everything."""
 
 from __future__ import annotations
 
 import random
 import uuid
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -62,13 +71,15 @@ def test_triggers_note_the_wallets_a_change_touches(database_url: str) -> None:
         conn.execute("RESET session_replication_role")
         assert changes(conn) == [new]
         with conn.transaction():
-            assert projections._take_wallet_changes(conn) == {new}
+            assert projections._take_changes(conn, "indexer_wallet_changes", "wallet", 10) == {new}
         assert changes(conn) == []
 
         conn.execute("TRUNCATE users CASCADE")
         assert changes(conn) == [None]
         with conn.transaction():
-            assert projections._take_wallet_changes(conn) is None  # every share
+            assert (
+                projections._take_changes(conn, "indexer_wallet_changes", "wallet", 10) is None
+            )  # every share
         assert changes(conn) == []
 
 
@@ -183,3 +194,137 @@ def test_a_backend_role_without_rights_on_the_indexer_tables_still_writes_users(
         finally:
             conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+# --------------------------------------------------------------------------------- tiers
+
+TIER_COLUMNS = ("tier1_count", "tier2_count", "tier3_count", "tier1_royalty", "tier2_royalty",
+                "tier3_royalty", "tier4_royalty")  # fmt: skip
+DEFAULT_TIERS = (10, 40, 50, Decimal("10.00"), Decimal("5.00"), Decimal("3.00"), Decimal("1.00"))
+
+
+def add_ipo_config(conn: Any, master: uuid.UUID, tiers: tuple[Any, ...]) -> None:
+    conn.execute(
+        f"INSERT INTO ipo_configs (master_id, initial_price, total_supply, "
+        f"{', '.join(TIER_COLUMNS)}) VALUES (%s, 0.1, 100, %s, %s, %s, %s, %s, %s, %s)",
+        (master, *tiers),
+    )
+
+
+def tier_changes(conn: Any) -> list[uuid.UUID | None]:
+    return [r[0] for r in conn.execute("SELECT master_id FROM indexer_tier_changes ORDER BY id")]
+
+
+def test_triggers_note_the_masters_a_tier_change_touches(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        artist = add_user_row(conn, None)
+        first, second = uuid.uuid4(), uuid.uuid4()
+        for master in (first, second):
+            conn.execute(
+                "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'Song')",
+                (master, artist),
+            )
+        add_ipo_config(conn, first, (1, 2, 3, 4, 3, 2, 1))
+        assert tier_changes(conn) == [first]
+        conn.execute("DELETE FROM indexer_tier_changes")
+
+        conn.execute("UPDATE ipo_configs SET initial_price = 2, tier1_count = 1")  # price only
+        assert tier_changes(conn) == []
+        conn.execute("UPDATE ipo_configs SET tier4_royalty = 0.5")
+        assert tier_changes(conn) == [first]
+        conn.execute("DELETE FROM indexer_tier_changes")
+
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("UPDATE ipo_configs SET master_id = %s", (second,))
+        conn.execute("RESET session_replication_role")
+        assert tier_changes(conn) == [first, second]
+        conn.execute("DELETE FROM ipo_configs")
+        assert tier_changes(conn) == [first, second, second]
+        with conn.transaction():
+            taken = projections._take_changes(conn, "indexer_tier_changes", "master_id", 10)
+        assert taken == {first, second}
+        assert tier_changes(conn) == []
+
+        conn.execute("TRUNCATE ipo_configs")
+        assert tier_changes(conn) == [None]
+
+
+def expected_tiers(conn: Any, master: uuid.UUID, minted: int) -> list[tuple[int, Decimal]]:
+    """SPEC §3's Mover Advantage for ``minted`` shares minted in token order, by the master's
+    configuration as it is now (or the seed's defaults)."""
+    row = conn.execute(
+        f"SELECT {', '.join(TIER_COLUMNS)} FROM ipo_configs WHERE master_id = %s", (master,)
+    ).fetchone()
+    t1, t2, t3, *royalties = row if row is not None else DEFAULT_TIERS
+    out = []
+    for k in range(1, minted + 1):
+        tier = 1 if k <= t1 else 2 if k <= t1 + t2 else 3 if k <= t1 + t2 + t3 else 4
+        out.append((tier, Decimal(royalties[tier - 1]).quantize(Decimal("0.01"))))
+    return out
+
+
+@pytest.mark.anvil
+def test_tiers_follow_random_ipo_config_changes_comparing_only_the_masters_noted(
+    make_harness: MakeHarness,
+) -> None:
+    rnd = random.Random(7)
+    h = make_harness()
+    holder = h.node.accounts[1]
+    artist = add_user(h)
+    masters = [uuid.uuid4() for _ in range(3)]
+    contracts = {}
+    minted = dict.fromkeys(masters, 0)
+    for master in masters:
+        add_master(h, master, artist)
+        contracts[master] = register_shares(h, master)
+
+    def stored(master: uuid.UUID) -> list[tuple[int, Decimal]]:
+        rows = h.conn.execute(
+            "SELECT tier, royalty_percent FROM nft_shares WHERE master_id = %s ORDER BY token_id",
+            (master,),
+        ).fetchall()
+        return [(int(r[0]), Decimal(r[1])) for r in rows]
+
+    for _ in range(25):
+        master = rnd.choice(masters)
+        action = rnd.choice(["mint", "mint", "set", "set", "price", "drop"])
+        has = h.conn.execute("SELECT 1 FROM ipo_configs WHERE master_id = %s", (master,))
+        configured = has.fetchone() is not None
+        tiers = (rnd.randint(0, 3), rnd.randint(0, 3), rnd.randint(0, 3),
+                 *(Decimal(rnd.randint(0, 2000)) / 100 for _ in range(4)))  # fmt: skip
+        if action == "mint":
+            for _ in range(rnd.randint(1, 3)):
+                minted[master] += 1
+                send_tx(h.w3, contracts[master].functions.mint(holder, minted[master]))
+        elif action == "set" and not configured:
+            add_ipo_config(h.conn, master, tiers)
+        elif action == "set":
+            h.conn.execute(
+                f"UPDATE ipo_configs SET ({', '.join(TIER_COLUMNS)}) = "
+                "(%s, %s, %s, %s, %s, %s, %s) WHERE master_id = %s",
+                (*tiers, master),
+            )
+        elif action == "price":
+            h.conn.execute("UPDATE ipo_configs SET initial_price = initial_price + 1")
+        else:
+            h.conn.execute("DELETE FROM ipo_configs WHERE master_id = %s", (master,))
+        h.sync()
+        h.syncer.reconcile()
+        for m in masters:
+            assert stored(m) == expected_tiers(h.conn, m, minted[m]), (action, m)
+
+    # Only the masters noted are compared: a digest out of step with nothing noted (as after
+    # a change made with the triggers disabled) stays until the engine starts again.
+    victim = next(m for m in masters if minted[m])
+    h.conn.execute("UPDATE nft_shares SET tier = 4, royalty_percent = 0 WHERE master_id = %s",
+                   (victim,))  # fmt: skip
+    h.conn.execute(
+        "INSERT INTO indexer_tier_configs (chain_id, master_id, digest) VALUES (%s, %s, 'stale') "
+        "ON CONFLICT (chain_id, master_id) DO UPDATE SET digest = 'stale'",
+        (h.chain_id, victim),
+    )
+    h.syncer.reconcile()
+    assert stored(victim) == [(4, Decimal("0.00"))] * minted[victim]
+    h.syncer.forget_cache()  # as at start
+    h.syncer.reconcile()
+    assert stored(victim) == expected_tiers(h.conn, victim, minted[victim])
