@@ -11,7 +11,10 @@ Loop contract (:meth:`Daemon.run`):
   reports it (``/readyz`` 503, ``audifi_indexer_halted`` 1).
 * Each iteration runs one :meth:`indexer.sync.Syncer.step`. ``PROGRESSED``/``REORG`` → step
   again at once; ``CAUGHT_UP``/``NODE_BEHIND`` → apply pending events and re-link owners
-  (:meth:`Syncer.reconcile`), run due upkeep, wait one poll interval; ``HALTED`` → wait.
+  (:meth:`Syncer.reconcile`), wait one poll interval; ``HALTED`` → wait.
+* Schema upkeep (partitions ahead, the view's refresh) runs in a thread of its own while this
+  process leads and is not halted (:meth:`indexer.upkeep.Upkeep.run_in_background`): a long
+  refresh never holds up indexing, and a stop cancels it.
 * Transient failures (RPC timeouts, 429, 5xx, inconsistent answers, PostgreSQL connection
   loss, serialization failures and deadlocks, a moved cursor) are logged, counted and retried
   after a bounded exponential backoff with jitter; the step's transaction was rolled back, so
@@ -153,6 +156,7 @@ class Daemon:
         self._pending_refreshed = 0.0  # monotonic time of the last pending-gauge refresh
         self._publisher: OutboxPublisher | None = None
         self._publisher_thread: threading.Thread | None = None
+        self._upkeep_thread: threading.Thread | None = None
         self._upkeep = Upkeep(
             settings.database_url,
             months_ahead=settings.partitions_ahead_months,
@@ -346,10 +350,14 @@ class Daemon:
         self._publisher_thread = self._publisher.start(self.stop_event)
 
     def _stop_attachments(self) -> None:
+        self.stop_event.set()  # the loop has ended, whatever ended it: so do the threads
+        self._upkeep.cancel()
         if self._publisher_thread is not None:
             self._publisher_thread.join(timeout=5)
         if self._publisher is not None:
             self._publisher.close()
+        if self._upkeep_thread is not None:
+            self._upkeep_thread.join(timeout=5)
         self._upkeep.close()
         if self.server is not None:
             self.server.close()
@@ -418,6 +426,9 @@ class Daemon:
             conn.close()
             return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
+        self._upkeep_thread = self._upkeep.run_in_background(
+            self.stop_event, lambda: self.status.leader and not self.status.halted
+        )  # a halted process writes nothing (SPEC §8), upkeep included
         syncer = Syncer(
             self.source,
             conn,
@@ -461,7 +472,6 @@ class Daemon:
                     continue
                 if result.outcome is not Outcome.HALTED:
                     self._reconcile(syncer)
-                    self._upkeep.run_due()
                 self._wait(settings.poll_interval)
         finally:
             syncer.close()

@@ -984,3 +984,36 @@ def test_metrics_health_and_stored_halt(world: World, daemons: StartDaemon) -> N
     world.assert_complete()
     report(f"halt: /readyz 503 {latency:.2f}s after the stored halt; /metrics passes promtool "
            f"with {len(samples)} samples")  # fmt: skip
+
+
+def test_blocked_upkeep_holds_up_no_block_and_a_stop_cancels_it(
+    world: World, daemons: StartDaemon
+) -> None:
+    """Schema upkeep runs beside the indexing loop: while it waits (here on a lock another
+    session holds on ``analytics_events``; in production, a refresh's long read of it), new
+    blocks are still indexed, and SIGTERM cancels the statement and exits 0 at once."""
+    world.activity(masters=1, mints=3)
+    with world.db() as blocker, blocker.transaction():
+        blocker.execute("LOCK TABLE analytics_events IN ACCESS EXCLUSIVE MODE")
+        daemon = daemons(world.env(), "upkeep")
+        daemon.wait_indexed(world.head(), timeout=20)
+
+        def upkeep_waiting() -> bool:
+            with world.db() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND backend_type = 'client backend' AND query NOT ILIKE 'LOCK TABLE%%'"
+                ).fetchone()
+            return row is not None and row[0] > 0
+
+        wait_for(upkeep_waiting, 20, "upkeep waiting on the lock", 0.1, daemon.tail)
+        world.activity(masters=1, mints=4, dividends=1)
+        daemon.wait_indexed(world.head(), timeout=20)  # not held up by the waiting refresh
+
+        daemon.signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert daemon.wait_exit(timeout=15) == 0, daemon.tail()
+        assert time.monotonic() - sent < 5, daemon.tail()
+    assert daemon.logged("upkeep_cancelled"), daemon.tail()
+    assert not upkeep_waiting()
+    world.assert_complete()
