@@ -479,8 +479,10 @@ class Daemon:
         return 0
 
     def _recover(self, syncer: Syncer, exc: Exception, backoff: Backoff) -> bool:
-        """Log and count a failed step, reconnect if needed, back off. False: stop now."""
-        syncer.forget_cache()
+        """Log and count a failed step, reconnect if needed, back off. False: stop now.
+        The projector keeps what its next reconcile must cover (the shares written since the
+        last re-link): a flaky node must not cost a re-link of every share per fault."""
+        syncer.forget_cache(links=False)
         self.status.last_error = str(exc)
         self.metrics.count_step_error(type(exc).__name__)
         delay = backoff.next_delay()

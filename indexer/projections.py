@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -168,13 +169,18 @@ class AudifiProjector(Projector):
         self._tiers_checked = False
         """Every master's tiers were compared since this projector began or last forgot."""
 
-    def forget(self) -> None:
-        """Drop caches (after a rollback or a failed transaction)."""
+    def forget(self, *, links: bool = True) -> None:
+        """Drop caches (after a rollback or a failed transaction). ``links=False`` keeps the
+        re-link's and re-tier's bookkeeping (:meth:`_relink`, :meth:`_retier`): right after a
+        failed step, whose shares were noted in :attr:`_written` during its pass — extra keys
+        if it did not commit, which a re-link leaves as they are. A failed reconcile forgets
+        them too: it may have cleared :attr:`_written` before its commit failed."""
         self._mint_counts.clear()
-        self._linked = False
-        self._written = set()
         self._nothing_pending = False
-        self._tiers_checked = False
+        if links:
+            self._linked = False
+            self._written = set()
+            self._tiers_checked = False
 
     # -- chain reads before the transaction ------------------------------------------------
     def enrich(
@@ -325,7 +331,14 @@ class AudifiProjector(Projector):
         wallets = _take_changes(conn, "indexer_wallet_changes", "wallet", _MAX_WALLET_CHANGES)
         written = self._written
         if not self._linked or written is None or wallets is None:
+            started = monotonic()
             relink_owners(conn)
+            log.info(
+                "owners_relinked_all",
+                reason="unknown_state" if not self._linked else "many_written" if written is None
+                else "wallet_changes",  # users truncated, or too many changed
+                elapsed=round(monotonic() - started, 3),
+            )  # fmt: skip
         else:
             if wallets:
                 relink_owners(conn, wallets=wallets)

@@ -302,8 +302,10 @@ class Projector:
         its reason (what the chain read showed cannot be applied)."""
         return events, []
 
-    def forget(self) -> None:
-        """Drop in-memory caches (after a rollback or a failed transaction)."""
+    def forget(self, *, links: bool = True) -> None:
+        """Drop in-memory caches (after a rollback or a failed transaction). ``links=False``
+        (after a failed step): keep what only tells what the next reconcile must cover — a
+        failed step's writes were noted before its transaction, so at worst as extras."""
 
 
 class _Reorg(Exception):
@@ -989,10 +991,11 @@ class Syncer:
             self._registrations = store.load_registrations(self.conn, self.chain_id)
         return self._registrations
 
-    def forget_cache(self) -> None:
-        """Drop in-memory caches (after a failed write, or a reconnect)."""
+    def forget_cache(self, *, links: bool = True) -> None:
+        """Drop in-memory caches (after a failed write, or a reconnect); ``links`` as for
+        :meth:`Projector.forget` (False after a failed step)."""
         self._forget_engine_cache()
-        self.projector.forget()
+        self.projector.forget(links=links)
 
     def _forget_engine_cache(self) -> None:
         """The engine's own caches (registrations, prefetch, plan, reader), not the
@@ -1007,7 +1010,7 @@ class Syncer:
         advanced them for a batch that is not written."""
         if self._ahead_offer is not None:
             self._ahead_offer = None
-            self.projector.forget()
+            self.projector.forget(links=False)
 
     def close(self) -> None:
         """Close the engine's connections (the caller stops using it), after a write still
@@ -1428,7 +1431,7 @@ class Syncer:
                 self._reader_conn, self.chain_id, batch, registrations
             )
         except Exception:
-            self.projector.forget()
+            self.projector.forget(links=False)
             self._close_reader()
             return None
         return None if write is None else _Ahead(processed, batch, write)

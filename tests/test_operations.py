@@ -1017,3 +1017,41 @@ def test_blocked_upkeep_holds_up_no_block_and_a_stop_cancels_it(
     assert daemon.logged("upkeep_cancelled"), daemon.tail()
     assert not upkeep_waiting()
     world.assert_complete()
+
+
+def test_failed_steps_do_not_make_the_next_poll_relink_every_share(
+    world: World, rpc_proxy_factory: Callable[..., RpcProxy], daemons: StartDaemon
+) -> None:
+    """A failed step keeps the projector's re-link bookkeeping: on a flaky node, each fault
+    must not cost a re-link of every share (seconds per million shares) — only the daemon's
+    start does. Owners still follow a wallet linked after the faults."""
+    world.activity(masters=1, mints=6)
+    proxy = rpc_proxy_factory(world.node.url)
+    daemon = daemons(world.env(rpc_url=proxy.url), "flaky")
+    daemon.wait_indexed(world.head(), timeout=20)
+    for _ in range(3):
+        failed = len(daemon.logged("step_failed"))
+        proxy.rewrite_log_block_hash(once=True)
+        world.activity(masters=1, mints=2)
+        wait_for(lambda n=failed: len(daemon.logged("step_failed")) > n, 20, "a failed step",
+                 0.1, daemon.tail)  # fmt: skip
+        daemon.wait_indexed(world.head(), timeout=20)
+    holder = world.node.accounts[1]
+    with world.db() as conn:
+        user = uuid.uuid4()
+        conn.execute(
+            "INSERT INTO users (id, email, wallet_address) VALUES (%s, %s, %s)",
+            (user, f"{user}@example.org", holder),
+        )
+
+        def linked() -> bool:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE owner_id = %s), count(*) FROM nft_shares",
+                (user,),
+            ).fetchone()
+            return row is not None and row[0] == row[1] == world.mints
+
+        wait_for(linked, 10, "the holder's shares linked", 0.1, daemon.tail)
+    relinked_all = daemon.logged("owners_relinked_all")
+    assert [line["reason"] for line in relinked_all] == ["unknown_state"], relinked_all
+    world.assert_complete()
