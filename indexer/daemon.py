@@ -75,6 +75,7 @@ CONFIGURATION_FAILURES = re.compile(
 
 
 PENDING_REFRESH = 1.0  # seconds between pending-gauge refreshes while catching up
+UPKEEP_STOP_WAIT = 5.0  # seconds a stop waits for the upkeep thread, cancelling its statement
 
 
 class StartupError(IndexerError):
@@ -349,15 +350,23 @@ class Daemon:
         )
         self._publisher_thread = self._publisher.start(self.stop_event)
 
+    def _may_keep_the_schema(self) -> bool:
+        """Upkeep runs while this process leads, after its first step (which reads a stored
+        halt), and not while halted: a halted process writes nothing (SPEC §8)."""
+        status = self.status
+        return status.leader and status.last_step_at > 0 and not status.halted
+
     def _stop_attachments(self) -> None:
         self.stop_event.set()  # the loop has ended, whatever ended it: so do the threads
-        self._upkeep.cancel()
+        upkeep = self._upkeep_thread
+        deadline = time.monotonic() + UPKEEP_STOP_WAIT
+        while upkeep is not None and upkeep.is_alive() and time.monotonic() < deadline:
+            self._upkeep.cancel()  # again: a statement sent just after a cancel escapes it
+            upkeep.join(timeout=0.2)
         if self._publisher_thread is not None:
             self._publisher_thread.join(timeout=5)
         if self._publisher is not None:
             self._publisher.close()
-        if self._upkeep_thread is not None:
-            self._upkeep_thread.join(timeout=5)
         self._upkeep.close()
         if self.server is not None:
             self.server.close()
@@ -427,8 +436,8 @@ class Daemon:
             return self._halted_forever(store.foreign_chain_reason(other[0], chain_id))
         self._start_publisher(chain_id)
         self._upkeep_thread = self._upkeep.run_in_background(
-            self.stop_event, lambda: self.status.leader and not self.status.halted
-        )  # a halted process writes nothing (SPEC §8), upkeep included
+            self.stop_event, self._may_keep_the_schema
+        )
         syncer = Syncer(
             self.source,
             conn,

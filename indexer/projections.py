@@ -348,46 +348,61 @@ class AudifiProjector(Projector):
         self._written = set()
 
     def _retier(self, conn: store.Conn, chain_id: int) -> None:
-        """:func:`retier_shares` of the masters whose ``ipo_configs`` tiers differ from the
-        ones their shares were last given (``indexer_tier_configs``, updated here in the same
-        transaction: a failed reconcile leaves both as they were), computed in PostgreSQL.
+        """:func:`retier_shares` of the masters whose ``ipo_configs`` row may have changed
+        since their shares were tiered, by the configuration as it is now; their
+        ``indexer_tier_configs`` digests are updated in the same transaction (a failed
+        reconcile leaves both as they were).
 
-        Only the masters the triggers on ``ipo_configs`` noted since the last poll are compared
-        (``indexer_tier_changes``, migration ``0007``, taken here); every master at start,
-        after :meth:`forget`, after a ``TRUNCATE`` or past :data:`_MAX_TIER_CHANGES`. So a poll
-        costs O(changes), and O(their history) when a configuration changed."""
+        * Every master the triggers on ``ipo_configs`` noted since the last poll
+          (``indexer_tier_changes``, migration ``0007``, taken here) — whatever its digest says:
+          a configuration changed and changed back around a mint gave that mint another
+          tier, and a change committed while this runs leaves its digest stored but its note
+          for the next poll (both found by review).
+        * Every registered master after a ``TRUNCATE ipo_configs`` or past
+          :data:`_MAX_TIER_CHANGES` notes.
+        * At start and after :meth:`forget`, also every master whose digest differs (a change
+          made while the triggers were disabled).
+
+        So a poll costs O(changes), and O(their history) when a configuration changed."""
         noted = _take_changes(conn, "indexer_tier_changes", "master_id", _MAX_TIER_CHANGES)
-        every = not self._tiers_checked or noted is None
-        if not every and not noted:
-            return
-        only, params = "", {"chain": chain_id, "masters": sorted(noted or ())}
-        if not every:
-            only = " AND master_id = ANY(%(masters)s::uuid[])"
-        changed = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT coalesce(c.master_id, s.master_id) FROM ({_TIER_DIGESTS}"
-                f" WHERE true{only}) c FULL JOIN (SELECT master_id, digest "
-                f"FROM indexer_tier_configs WHERE chain_id = %(chain)s{only}) s "
-                "ON s.master_id = c.master_id WHERE c.digest IS DISTINCT FROM s.digest",
-                params,
-            ).fetchall()
-        ]
+        changed: set[uuid.UUID] = set(noted or ())
+        if noted is None:
+            changed.update(
+                row[0]
+                for row in conn.execute(
+                    "SELECT master_id FROM indexer_contracts WHERE chain_id = %s", (chain_id,)
+                )
+            )
+        if not self._tiers_checked:
+            changed.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT coalesce(c.master_id, s.master_id) FROM ({_TIER_DIGESTS}) c "
+                    "FULL JOIN (SELECT master_id, digest FROM indexer_tier_configs "
+                    "WHERE chain_id = %s) s ON s.master_id = c.master_id "
+                    "WHERE c.digest IS DISTINCT FROM s.digest",
+                    (chain_id,),
+                )
+            )
         self._tiers_checked = True
         if not changed:
             return
-        shares = retier_shares(conn, chain_id, changed)
+        masters = sorted(changed)
+        shares = retier_shares(conn, chain_id, masters)
         conn.execute(
             "DELETE FROM indexer_tier_configs WHERE chain_id = %s AND master_id = ANY(%s)",
-            (chain_id, changed),
+            (chain_id, masters),
         )
         conn.execute(
             f"INSERT INTO indexer_tier_configs (chain_id, master_id, digest) "
             f"SELECT %s, master_id, digest FROM ({_TIER_DIGESTS}) c WHERE master_id = ANY(%s)",
-            (chain_id, changed),
+            (chain_id, masters),
         )
         if shares:
-            log.info("shares_retiered", masters=sorted(map(str, changed)), shares=shares)
+            log.info(
+                "shares_retiered", masters=[str(m) for m in masters[:20]],
+                masters_count=len(masters), shares=shares,
+            )  # fmt: skip
 
     def _note_written(self, keys: Iterable[tuple[str, int]]) -> None:
         if self._written is not None:

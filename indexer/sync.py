@@ -1352,7 +1352,10 @@ class Syncer:
         except BaseException:
             if self._writer is not None:
                 self._writer.wait()  # interrupted while waiting: the write may still be applying
-            self.forget_cache()
+            # The batch's shares were noted by its pass, before the transaction: at worst as
+            # extras, so the re-link bookkeeping stays (a database fault must not cost a
+            # re-link of every share).
+            self.forget_cache(links=False)
             raise
         failpoints.hit("after_commit")
         known = self._known_registrations()

@@ -36,6 +36,10 @@ UPKEEP_TICK = 1.0
 """Seconds between two looks of the upkeep thread at what is due (and at leadership)."""
 
 
+class UpkeepCancelled(Exception):
+    """:meth:`Upkeep.cancel` came before the task's statement was sent."""
+
+
 @dataclass
 class Upkeep:
     database_url: str
@@ -55,8 +59,14 @@ class Upkeep:
 
     @contextmanager
     def _cancellable(self, conn: sa.Connection) -> Iterator[sa.Connection]:
+        """Make the statements of the block cancellable by :meth:`cancel`. A cancel that came
+        before this (while the connection was being opened) ends the task here; one that
+        comes while the statement is being sent may find the connection idle: the stopper
+        cancels again until the thread ends (``indexer/daemon.py``)."""
         self._in_flight = conn.connection.dbapi_connection
         try:
+            if self._cancelled:
+                raise UpkeepCancelled
             yield conn
         finally:
             self._in_flight = None
@@ -87,13 +97,13 @@ class Upkeep:
             self._next_partitions = now + PARTITION_CHECK_INTERVAL
             try:
                 self.ensure_partitions()
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, UpkeepCancelled) as exc:
                 self._failed("partitions_failed", exc)
         if now >= self._next_refresh and not self._cancelled:
             self._next_refresh = now + self.refresh_interval
             try:
                 self.refresh_view()
-            except sa.exc.SQLAlchemyError as exc:
+            except (sa.exc.SQLAlchemyError, UpkeepCancelled) as exc:
                 self._failed("materialized_view_refresh_failed", exc)
 
     def _failed(self, event: str, exc: Exception) -> None:
@@ -111,8 +121,11 @@ class Upkeep:
 
         def loop() -> None:
             while not stop.is_set():
-                if leading():
-                    self.run_due()
+                try:
+                    if leading():
+                        self.run_due()
+                except Exception as exc:  # never end the thread silently: log, go on
+                    log.error("upkeep_failed", error_type=type(exc).__name__, error=str(exc))
                 stop.wait(UPKEEP_TICK)
 
         thread = threading.Thread(target=loop, name="audifi-upkeep", daemon=True)
@@ -126,7 +139,7 @@ class Upkeep:
         conn = self._in_flight
         if conn is not None:
             try:
-                conn.cancel_safe(timeout=2.0)
+                conn.cancel_safe(timeout=1.0)
             except Exception as exc:  # the connection may be closing: nothing to cancel then
                 log.warning("upkeep_cancel_failed", error=str(exc).splitlines()[0][:200])
 

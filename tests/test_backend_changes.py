@@ -328,3 +328,114 @@ def test_tiers_follow_random_ipo_config_changes_comparing_only_the_masters_noted
     h.syncer.forget_cache()  # as at start
     h.syncer.reconcile()
     assert stored(victim) == expected_tiers(h.conn, victim, minted[victim])
+
+
+def test_a_temporary_table_of_the_same_name_takes_no_note(database_url: str) -> None:
+    """Found by review: the triggers' functions run as their owner; with the table named
+    through the writer's ``search_path``, a temporary table of the same name (``pg_temp`` is
+    searched first) took the notes — and a temporary function would have run with the owner's
+    rights. The functions name their schema's tables and search ``pg_catalog, pg_temp``."""
+    role = f"audifi_backend_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        try:
+            conn.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON users, masters, ipo_configs TO {role}"
+            )
+            artist = add_user_row(conn, None)
+            master = uuid.uuid4()
+            conn.execute(
+                "INSERT INTO masters (id, artist_id, title) VALUES (%s, %s, 'Song')",
+                (master, artist),
+            )
+            conn.execute("DELETE FROM indexer_wallet_changes")
+            with conn.transaction():
+                conn.execute(f"SET LOCAL ROLE {role}")
+                for decoy in ("indexer_wallet_changes (wallet text)",
+                              "indexer_tier_changes (master_id uuid)"):  # fmt: skip
+                    conn.execute(f"CREATE TEMP TABLE {decoy} ON COMMIT DROP")
+                add_user_row(conn, "0x00000000000000000000000000000000000000bb")
+                add_ipo_config(conn, master, (1, 1, 1, 4, 3, 2, 1))
+                temp = conn.execute(
+                    "SELECT (SELECT count(*) FROM pg_temp.indexer_wallet_changes), "
+                    "(SELECT count(*) FROM pg_temp.indexer_tier_changes)"
+                ).fetchone()
+                assert temp == (0, 0)
+            assert changes(conn) == ["0x00000000000000000000000000000000000000bb"]
+            assert tier_changes(conn) == [master]
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.anvil
+def test_tiers_changed_and_changed_back_around_a_mint_follow_the_configuration(
+    make_harness: MakeHarness,
+) -> None:
+    """Found by review: a configuration changed, a mint tiered by it, the configuration
+    changed back before the next poll — the digests matched, the mint kept the passing
+    configuration's tier. Every noted master is re-tiered."""
+    h = make_harness()
+    holder = h.node.accounts[1]
+    artist = add_user(h)
+    master = uuid.uuid4()
+    add_master(h, master, artist)
+    add_ipo_config(h.conn, master, (1, 1, 1, 20, 15, 10, 5))
+    own = register_shares(h, master)
+    send_tx(h.w3, own.functions.mint(holder, 1))
+    h.sync()
+    h.syncer.reconcile()
+    update = (
+        f"UPDATE ipo_configs SET ({', '.join(TIER_COLUMNS)}) = (%s, %s, %s, %s, %s, %s, %s) "
+        "WHERE master_id = %s"
+    )
+    h.conn.execute(update, (3, 1, 1, 9, 6, 3, 1, master))
+    send_tx(h.w3, own.functions.mint(holder, 2))
+    send_tx(h.w3, own.functions.mint(holder, 3))
+    h.sync()  # tiered by the passing configuration: (1, 9.00) each
+    h.conn.execute(update, (1, 1, 1, 20, 15, 10, 5, master))
+    h.syncer.reconcile()
+    assert stored_tiers(h.conn, master) == expected_tiers(h.conn, master, 3)
+
+
+@pytest.mark.anvil
+def test_a_tier_change_committed_during_a_reconcile_is_applied_by_the_next(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: the re-tier reads the configuration, then its digest is stored by a
+    later statement; a change committed between the two left the new digest stored with the
+    old tiers, and the change's note then compared as unchanged."""
+    h = make_harness()
+    holder = h.node.accounts[1]
+    artist = add_user(h)
+    master = uuid.uuid4()
+    add_master(h, master, artist)
+    add_ipo_config(h.conn, master, (1, 1, 1, 20, 15, 10, 5))
+    own = register_shares(h, master)
+    send_tx(h.w3, own.functions.mint(holder, 1))
+    h.sync()
+    h.syncer.reconcile()
+    update = f"UPDATE ipo_configs SET ({', '.join(TIER_COLUMNS)}) = (%s, %s, %s, %s, %s, %s, %s)"
+    h.conn.execute(update, (1, 1, 1, 30, 15, 10, 5))
+    retier, done = projections.retier_shares, []
+
+    def retier_then_change(conn: Any, chain_id: int, masters: Any) -> int:
+        shares = retier(conn, chain_id, masters)
+        if not done:  # another session commits a third configuration right now
+            done.append(True)
+            with psycopg.connect(h.database_url, autocommit=True) as other:
+                other.execute(update, (1, 1, 1, 40, 15, 10, 5))
+        return shares
+
+    monkeypatch.setattr(projections, "retier_shares", retier_then_change)
+    h.syncer.reconcile()
+    h.syncer.reconcile()
+    assert done and stored_tiers(h.conn, master) == [(1, Decimal("40.00"))]
+
+
+def stored_tiers(conn: Any, master: uuid.UUID) -> list[tuple[int, Decimal]]:
+    rows = conn.execute(
+        "SELECT tier, royalty_percent FROM nft_shares WHERE master_id = %s ORDER BY token_id",
+        (master,),
+    ).fetchall()
+    return [(int(r[0]), Decimal(r[1])) for r in rows]

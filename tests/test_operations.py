@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from indexer import store
 from indexer.localpg import LocalPostgres, free_port, start_local_postgres
 from indexer.projections import pending_count
+from indexer.upkeep import UPKEEP_TICK
 from tests.fixtures.chains import AnvilNode, AudifiContracts, deploy_audifi, send_tx
 from tests.fixtures.daemon import daemon_env, environ_without_audifi
 from tests.fixtures.db import ADMIN_URL
@@ -967,6 +968,8 @@ def test_metrics_health_and_stored_halt(world: World, daemons: StartDaemon) -> N
     assert status == 503 and body["halted"] is True, body
     assert body["indexed_block"] == block, body
     assert daemon.metric("audifi_indexer_indexed_block") == block
+    time.sleep(2.5 * UPKEEP_TICK)  # a halted process writes nothing: no schema upkeep either
+    assert not daemon.logged("materialized_view_refreshed"), daemon.tail()
 
     # The documented recovery (docs/operations.md): rewind clears the stored halt.
     block, _ = world.cursor()
@@ -981,6 +984,7 @@ def test_metrics_health_and_stored_halt(world: World, daemons: StartDaemon) -> N
     assert rewind.returncode == 0, rewind.stdout + rewind.stderr
     wait_for(lambda: daemon.http("/readyz")[0] == 200, 5, "/readyz 200 after rewind", 0.05)
     assert daemon.metric("audifi_indexer_halted") == 0
+    wait_for(lambda: daemon.logged("materialized_view_refreshed"), 10, "upkeep after the halt")
     world.assert_complete()
     report(f"halt: /readyz 503 {latency:.2f}s after the stored halt; /metrics passes promtool "
            f"with {len(samples)} samples")  # fmt: skip

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 
+import pytest
 import sqlalchemy as sa
 
 from indexer.schema.partitions import add_months, month_floor, partition_name
@@ -87,3 +88,35 @@ def waiting_on_lock(engine: sa.Engine) -> bool:
             )
         ).scalar()
     return bool(waiting)
+
+
+def test_a_cancel_while_the_connection_opens_ends_the_task_before_its_statement(
+    engine: sa.Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a cancel that came while the task was still opening its connection
+    found nothing to cancel, and the statement then ran (here: waited on a lock) regardless."""
+    upkeep = Upkeep(database_url, months_ahead=1, refresh_interval=3600)
+    opened = upkeep._db()
+    opening = threading.Event()
+
+    def slow_db() -> sa.Engine:
+        opening.set()
+        time.sleep(1.0)
+        return opened
+
+    monkeypatch.setattr(upkeep, "_db", slow_db)
+    upkeep._next_partitions = float("inf")  # the refresh is the task: it needs the locked table
+    stop = threading.Event()
+    try:
+        with engine.connect() as blocker, blocker.begin():
+            blocker.execute(sa.text("LOCK TABLE analytics_events IN ACCESS EXCLUSIVE MODE"))
+            thread = upkeep.run_in_background(stop, lambda: True)
+            assert opening.wait(5)
+            upkeep.cancel()  # nothing in flight yet
+            stop.set()
+            thread.join(timeout=5)
+            assert not thread.is_alive()
+            assert not waiting_on_lock(engine)
+    finally:
+        stop.set()
+        upkeep.close()

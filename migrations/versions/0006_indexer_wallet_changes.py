@@ -13,8 +13,12 @@ wallets a change touches (the old and the new value), in the backend's own trans
 poll takes them (``DELETE … RETURNING``) and re-links only the shares held by those wallets —
 O(changes). A ``TRUNCATE`` notes NULL: re-link every share.
 
-The function runs as its owner (``SECURITY DEFINER``, with the migration's ``search_path``):
-the backend's role needs no privilege on ``indexer_wallet_changes`` to write ``users``.
+The function runs as its owner (``SECURITY DEFINER``): the backend's role needs no privilege
+on ``indexer_wallet_changes`` to write ``users``. So it names its table with the schema it was
+created in and runs with ``search_path = pg_catalog, pg_temp``: a temporary table of the same
+name in the writer's session (searched first by default) would otherwise take the notes, and
+a temporary function run with the owner's rights (found by review: a role with DML on
+``users`` and TEMP became superuser that way).
 The triggers fire ``ALWAYS`` (also under ``session_replication_role = replica``: a logical
 replication subscriber or a restore that keeps triggers on). A change made with the triggers
 disabled (``ALTER TABLE … DISABLE TRIGGER``, ``pg_restore --disable-triggers``) is not
@@ -46,9 +50,19 @@ _TRIGGERS = {
 }
 
 
+TABLE = "indexer_wallet_changes"
+
+
+def _qualified(name: str) -> str:
+    """``name`` in the schema the migration runs in, quoted: the function's body names no
+    table through its ``search_path`` (see the module's docstring)."""
+    schema = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    return f"{schema}.{name}"
+
+
 def upgrade() -> None:
     op.create_table(
-        "indexer_wallet_changes",
+        TABLE,
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("wallet", sa.Text(), nullable=True),
         sa.Column(
@@ -59,22 +73,23 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name="indexer_wallet_changes_pkey"),
     )
+    table = _qualified(TABLE)
     op.execute(
         f"""
         CREATE FUNCTION {_FUNCTION}() RETURNS trigger LANGUAGE plpgsql
-        SECURITY DEFINER SET search_path FROM CURRENT AS $$
+        SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         BEGIN
             IF TG_LEVEL = 'STATEMENT' THEN
-                INSERT INTO indexer_wallet_changes (wallet) VALUES (NULL);
+                INSERT INTO {table} (wallet) VALUES (NULL);
                 RETURN NULL;
             END IF;
             IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.wallet_address IS NOT NULL THEN
-                INSERT INTO indexer_wallet_changes (wallet) VALUES (lower(OLD.wallet_address));
+                INSERT INTO {table} (wallet) VALUES (lower(OLD.wallet_address));
             END IF;
             IF TG_OP IN ('UPDATE', 'INSERT') AND NEW.wallet_address IS NOT NULL
                AND (TG_OP = 'INSERT' OR OLD.wallet_address IS NULL
                     OR lower(OLD.wallet_address) <> lower(NEW.wallet_address)) THEN
-                INSERT INTO indexer_wallet_changes (wallet) VALUES (lower(NEW.wallet_address));
+                INSERT INTO {table} (wallet) VALUES (lower(NEW.wallet_address));
             END IF;
             RETURN NULL;
         END
@@ -90,4 +105,4 @@ def downgrade() -> None:
     for name in _TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {name} ON users")
     op.execute(f"DROP FUNCTION IF EXISTS {_FUNCTION}()")
-    op.drop_table("indexer_wallet_changes")
+    op.drop_table(TABLE)
