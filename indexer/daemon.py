@@ -75,7 +75,7 @@ CONFIGURATION_FAILURES = re.compile(
 
 
 PENDING_REFRESH = 1.0  # seconds between pending-gauge refreshes while catching up
-UPKEEP_STOP_WAIT = 5.0  # seconds a stop waits for the upkeep thread, cancelling its statement
+UPKEEP_STOP_WAIT = 3.0  # seconds a stop waits for the upkeep thread, cancelling its statement
 
 
 class StartupError(IndexerError):
@@ -158,6 +158,7 @@ class Daemon:
         self._publisher: OutboxPublisher | None = None
         self._publisher_thread: threading.Thread | None = None
         self._upkeep_thread: threading.Thread | None = None
+        self._stepped_as_leader = False
         self._upkeep = Upkeep(
             settings.database_url,
             months_ahead=settings.partitions_ahead_months,
@@ -297,6 +298,7 @@ class Daemon:
                 self._database_unavailable(exc, backoff)
 
     def _set_leader(self, leader: bool) -> None:
+        self._stepped_as_leader = False  # a new term: upkeep waits for its first step
         self.status.leader = leader
         self.metrics.set_leader(leader)
         self.health.set_leader(leader)
@@ -351,10 +353,11 @@ class Daemon:
         self._publisher_thread = self._publisher.start(self.stop_event)
 
     def _may_keep_the_schema(self) -> bool:
-        """Upkeep runs while this process leads, after its first step (which reads a stored
-        halt), and not while halted: a halted process writes nothing (SPEC §8)."""
+        """Upkeep runs while this process leads, after the first step of its term as leader
+        (which reads a stored halt: another instance may have stored one meanwhile), and not
+        while halted: a halted process writes nothing (SPEC §8)."""
         status = self.status
-        return status.leader and status.last_step_at > 0 and not status.halted
+        return status.leader and self._stepped_as_leader and not status.halted
 
     def _stop_attachments(self) -> None:
         self.stop_event.set()  # the loop has ended, whatever ended it: so do the threads
@@ -547,6 +550,7 @@ class Daemon:
 
     def _record(self, result: StepResult, seconds: float) -> None:
         status = self.status
+        self._stepped_as_leader = True
         was_halted = status.halted
         status.last_step_at = time.time()
         status.head = result.head if result.head is not None else status.head

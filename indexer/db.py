@@ -30,9 +30,15 @@ def create_engine(
     url: str, *, pool_size: int = 5, echo: bool = False, connect_timeout: int | None = None
 ) -> sa.Engine:
     """An engine for the indexer: psycopg 3, pre-ping on checkout, UTC sessions;
-    ``connect_timeout`` (seconds) overrides the URL's / libpq's."""
+    ``connect_timeout`` (seconds) overrides the URL's / libpq's. The URL's own ``options``
+    (``?options=-csearch_path%3Daudifi``) are kept, before the UTC setting: they used to be
+    replaced by it, so ``migrate`` built the schema in ``public`` while the daemon's psycopg
+    connections looked in the URL's schema (found by review)."""
+    url_options = sa.engine.make_url(sqlalchemy_url(url)).query.get("options")
+    if isinstance(url_options, tuple):
+        url_options = " ".join(url_options)
     connect_args: dict[str, object] = {
-        "options": "-c timezone=UTC",
+        "options": " ".join(filter(None, (url_options, "-c timezone=UTC"))),
         "application_name": "audifi-indexer",
     }
     if connect_timeout is not None:

@@ -226,7 +226,7 @@ class AudifiProjector(Projector):
             work = self._plan(conn, chain_id, batch, pending, contracts)
             _write_pass(conn, chain_id, work)
         except BaseException:
-            self.forget()
+            self.forget(links=False)  # the pass noted its shares first
             raise
         if pending:
             pending_positions = {e.position for e in pending}
@@ -258,7 +258,7 @@ class AudifiProjector(Projector):
             contracts = dict(registrations)
             work = self._plan(reader, chain_id, batch, [], contracts)
         except BaseException:
-            self.forget()
+            self.forget(links=False)  # the pass noted its shares first
             raise
         return lambda conn: _write_pass(conn, chain_id, work)
 
@@ -308,7 +308,7 @@ class AudifiProjector(Projector):
             self._retier(conn, chain_id)
             self._relink(conn)
         except BaseException:
-            self.forget()
+            self.forget()  # the re-link may have cleared what it covered before a failed commit
             raise
         return len(applied)
 

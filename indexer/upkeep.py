@@ -33,6 +33,8 @@ from indexer.schema.partitions import ensure_partitions_ahead
 log = get_logger("audifi.upkeep")
 PARTITION_CHECK_INTERVAL = 6 * 3600.0
 UPKEEP_TICK = 1.0
+UPKEEP_CONNECT_TIMEOUT = 10
+"""Seconds to open the upkeep connection (a stop cannot cancel a connection being opened)."""
 """Seconds between two looks of the upkeep thread at what is due (and at leadership)."""
 
 
@@ -54,7 +56,9 @@ class Upkeep:
 
     def _db(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = create_engine(self.database_url, pool_size=1)
+            self._engine = create_engine(
+                self.database_url, pool_size=1, connect_timeout=UPKEEP_CONNECT_TIMEOUT
+            )
         return self._engine
 
     @contextmanager

@@ -439,3 +439,73 @@ def stored_tiers(conn: Any, master: uuid.UUID) -> list[tuple[int, Decimal]]:
         (master,),
     ).fetchall()
     return [(int(r[0]), Decimal(r[1])) for r in rows]
+
+
+def test_only_the_owner_may_attach_the_note_functions(database_url: str) -> None:
+    """Found by review: the functions were executable by PUBLIC, so any role could attach
+    them to a table of its own and write notes with the owner's rights (a NULL note: every
+    share re-linked at each poll). Triggers need no EXECUTE right to fire."""
+    role = f"audifi_nobody_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role}")
+        try:
+            for function in ("indexer_note_wallet_change", "indexer_note_tier_change"):
+                with conn.transaction():
+                    conn.execute(f"SET LOCAL ROLE {role}")
+                    conn.execute("CREATE TEMP TABLE decoy (x int) ON COMMIT DROP")
+                    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                        conn.execute(
+                            f"CREATE TRIGGER decoy AFTER INSERT ON decoy FOR EACH STATEMENT "
+                            f"EXECUTE FUNCTION {function}()"
+                        )
+            assert changes(conn) == [] and tier_changes(conn) == []
+        finally:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.anvil
+def test_a_failed_batch_write_keeps_the_relink_bookkeeping(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by review: a database fault inside the projector's write forgot which shares
+    were written, so the next poll re-linked every share. Its shares are noted by the pass
+    before the write: the next poll re-links them, and only them — with the owner right."""
+    calls: list[str] = []
+    relinked, write = projections.relink_owners, projections._write_pass
+
+    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
+        calls.append("all" if shares is None and wallets is None else "some")
+        relinked(conn, shares, wallets)
+
+    failed: list[bool] = []
+
+    def write_once_failing(*args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise psycopg.errors.SerializationFailure("injected")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(projections, "relink_owners", relink_spy)
+    h = make_harness(plan_ahead=False)
+    holder = h.node.accounts[1]
+    artist = add_user(h)
+    master = uuid.uuid4()
+    add_master(h, master, artist)
+    own = register_shares(h, master)
+    send_tx(h.w3, own.functions.mint(holder, 1))
+    h.sync()
+    h.syncer.reconcile()
+    assert calls == ["all"]
+    calls.clear()
+    monkeypatch.setattr(projections, "_write_pass", write_once_failing)
+    send_tx(h.w3, own.functions.mint(holder, 2))
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        h.sync()
+    user = add_user(h)  # a user of another wallet: not the holder's
+    h.sync()
+    h.conn.execute("UPDATE users SET wallet_address = %s WHERE id = %s", (holder, user))
+    h.syncer.reconcile()
+    assert failed and calls and "all" not in calls, calls
+    owners = h.conn.execute("SELECT owner_id FROM nft_shares WHERE master_id = %s", (master,))
+    assert [r[0] for r in owners.fetchall()] == [user, user]

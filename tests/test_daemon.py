@@ -565,3 +565,30 @@ def test_signal_handler_takes_no_lock_and_does_no_io(monkeypatch: pytest.MonkeyP
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def test_schema_upkeep_waits_for_each_leadership_terms_first_step() -> None:
+    """Found by review: upkeep runs only while leading, not halted, and after the first step
+    of the current term as leader — which reads a halt another instance may have stored while
+    this one was on standby."""
+    from indexer import daemon as daemon_module
+    from indexer.config import Settings
+    from indexer.sync import Outcome, StepResult
+
+    settings = Settings(database_url="postgresql://u@127.0.0.1:9/x", rpc_urls=("http://x:1",))
+    d = daemon_module.Daemon(settings)
+    try:
+        assert not d._may_keep_the_schema()
+        d._set_leader(True)
+        assert not d._may_keep_the_schema()  # no step yet: a stored halt is not known
+        d._record(StepResult(Outcome.CAUGHT_UP, head=5, to_block=5), 0.01)
+        assert d._may_keep_the_schema()
+        d._record(StepResult(Outcome.HALTED, head=5, reason="deep reorg"), 0.01)
+        assert not d._may_keep_the_schema()
+        d._record(StepResult(Outcome.CAUGHT_UP, head=5, to_block=5), 0.01)
+        d._set_leader(False)
+        assert not d._may_keep_the_schema()
+        d._set_leader(True)  # a new term: wait for its first step again
+        assert not d._may_keep_the_schema()
+    finally:
+        d._upkeep.close()

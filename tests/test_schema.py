@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic import command
@@ -579,6 +580,33 @@ def test_migrate_command_is_idempotent(empty_database_url: str, tmp_path: Path) 
     second = _cli("migrate", env=env)
     assert second.returncode == 0, second.stderr
     assert "nothing to do" in second.stdout
+
+
+def test_a_schema_named_in_the_url_options_is_where_migrate_builds(
+    empty_database_url: str,
+) -> None:
+    """Found by review: the engine's own ``options`` (UTC sessions) replaced the URL's, so
+    ``migrate`` built everything in ``public`` while ``status`` (plain psycopg, the URL's
+    options kept) looked in the URL's schema and found nothing."""
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA audifi_app")
+    url = empty_database_url + "?options=-csearch_path%3Daudifi_app"
+    env = {"AUDIFI_DATABASE_URL": url, "PATH": "/usr/bin:/bin"}
+    migrated = _cli("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        where = conn.execute(
+            "SELECT table_schema FROM information_schema.tables "
+            "WHERE table_name IN ('indexer_state', 'nft_shares', 'indexer_wallet_changes')"
+        ).fetchall()
+        zone = conn.execute(
+            "SELECT p.prosrc LIKE '%audifi_app.indexer_wallet_changes%' FROM pg_proc p "
+            "WHERE p.proname = 'indexer_note_wallet_change'"
+        ).fetchone()
+    assert sorted(r[0] for r in where) == ["audifi_app"] * 3
+    assert zone == (True,)  # the trigger function names its schema's table
+    status = _cli("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
 
 
 def test_migrate_unreachable_database_says_where_and_what(tmp_path: Path) -> None:

@@ -93,6 +93,9 @@ def upgrade() -> None:
         $$
         """
     )
+    # Triggers need no EXECUTE right to fire; anyone else could attach the function to a
+    # table of their own and write notes with its owner's rights (found by review).
+    op.execute(f"REVOKE EXECUTE ON FUNCTION {_FUNCTION}() FROM PUBLIC")
     for name, when in _TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {when} EXECUTE FUNCTION {_FUNCTION}()")
         op.execute(f"ALTER TABLE ipo_configs ENABLE ALWAYS TRIGGER {name}")
