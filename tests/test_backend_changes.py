@@ -42,6 +42,21 @@ def changes(conn: Any) -> list[str | None]:
     return [row[0] for row in conn.execute("SELECT wallet FROM indexer_wallet_changes ORDER BY id")]
 
 
+@pytest.fixture
+def relinks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every :func:`projections.relink_owners` call from here on: "all" (every share) or
+    "some" (scoped to shares or wallets)."""
+    calls: list[str] = []
+    relinked = projections.relink_owners
+
+    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
+        calls.append("all" if shares is None and wallets is None else "some")
+        relinked(conn, shares, wallets)
+
+    monkeypatch.setattr(projections, "relink_owners", relink_spy)
+    return calls
+
+
 def test_triggers_note_the_wallets_a_change_touches(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         user = add_user_row(conn, "0xAbC0000000000000000000000000000000000001")
@@ -95,19 +110,12 @@ def add_user_row(conn: Any, wallet: str | None) -> uuid.UUID:
 @pytest.mark.anvil
 @pytest.mark.parametrize("seed", [1, 2])
 def test_owner_links_follow_random_user_changes_without_relinking_every_share(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch, seed: int
+    make_harness: MakeHarness, relinks: list[str], seed: int
 ) -> None:
     """Users are added, re-walleted (in any case), re-dated and deleted at random between
     polls, and shares move; after each poll every share's ``owner_id`` is what the rule gives
     — and after the first poll no re-link covers every share."""
-    calls: list[str] = []
-    relinked = projections.relink_owners
-
-    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
-        calls.append("all" if shares is None and wallets is None else "some")
-        relinked(conn, shares, wallets)
-
-    monkeypatch.setattr(projections, "relink_owners", relink_spy)
+    calls = relinks
     rnd = random.Random(seed)
     h = make_harness()
     holders = h.node.accounts[1:7]
@@ -377,14 +385,7 @@ def test_tiers_changed_and_changed_back_around_a_mint_follow_the_configuration(
     configuration's tier. Every noted master is re-tiered."""
     h = make_harness()
     holder = h.node.accounts[1]
-    artist = add_user(h)
-    master = uuid.uuid4()
-    add_master(h, master, artist)
-    add_ipo_config(h.conn, master, (1, 1, 1, 20, 15, 10, 5))
-    own = register_shares(h, master)
-    send_tx(h.w3, own.functions.mint(holder, 1))
-    h.sync()
-    h.syncer.reconcile()
+    master, own = configured_master_with_one_share(h, holder)
     update = (
         f"UPDATE ipo_configs SET ({', '.join(TIER_COLUMNS)}) = (%s, %s, %s, %s, %s, %s, %s) "
         "WHERE master_id = %s"
@@ -407,14 +408,7 @@ def test_a_tier_change_committed_during_a_reconcile_is_applied_by_the_next(
     old tiers, and the change's note then compared as unchanged."""
     h = make_harness()
     holder = h.node.accounts[1]
-    artist = add_user(h)
-    master = uuid.uuid4()
-    add_master(h, master, artist)
-    add_ipo_config(h.conn, master, (1, 1, 1, 20, 15, 10, 5))
-    own = register_shares(h, master)
-    send_tx(h.w3, own.functions.mint(holder, 1))
-    h.sync()
-    h.syncer.reconcile()
+    master, _ = configured_master_with_one_share(h, holder)
     update = f"UPDATE ipo_configs SET ({', '.join(TIER_COLUMNS)}) = (%s, %s, %s, %s, %s, %s, %s)"
     h.conn.execute(update, (1, 1, 1, 30, 15, 10, 5))
     retier, done = projections.retier_shares, []
@@ -466,18 +460,13 @@ def test_only_the_owner_may_attach_the_note_functions(database_url: str) -> None
 
 @pytest.mark.anvil
 def test_a_failed_batch_write_keeps_the_relink_bookkeeping(
-    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+    make_harness: MakeHarness, relinks: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by review: a database fault inside the projector's write forgot which shares
     were written, so the next poll re-linked every share. Its shares are noted by the pass
     before the write: the next poll re-links them, and only them — with the owner right."""
-    calls: list[str] = []
-    relinked, write = projections.relink_owners, projections._write_pass
-
-    def relink_spy(conn: Any, shares: Any = None, wallets: Any = None) -> None:
-        calls.append("all" if shares is None and wallets is None else "some")
-        relinked(conn, shares, wallets)
-
+    calls = relinks
+    write = projections._write_pass
     failed: list[bool] = []
 
     def write_once_failing(*args: Any, **kwargs: Any) -> Any:
@@ -486,7 +475,6 @@ def test_a_failed_batch_write_keeps_the_relink_bookkeeping(
             raise psycopg.errors.SerializationFailure("injected")
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(projections, "relink_owners", relink_spy)
     h = make_harness(plan_ahead=False)
     holder = h.node.accounts[1]
     artist = add_user(h)
@@ -509,3 +497,16 @@ def test_a_failed_batch_write_keeps_the_relink_bookkeeping(
     assert failed and calls and "all" not in calls, calls
     owners = h.conn.execute("SELECT owner_id FROM nft_shares WHERE master_id = %s", (master,))
     assert [r[0] for r in owners.fetchall()] == [user, user]
+
+
+def configured_master_with_one_share(h: Harness, holder: str) -> tuple[uuid.UUID, Any]:
+    """A registered master configured (1, 1, 1; 20/15/10/5 %), one share minted to
+    ``holder``, indexed and reconciled."""
+    master = uuid.uuid4()
+    add_master(h, master, add_user(h))
+    add_ipo_config(h.conn, master, (1, 1, 1, 20, 15, 10, 5))
+    own = register_shares(h, master)
+    send_tx(h.w3, own.functions.mint(holder, 1))
+    h.sync()
+    h.syncer.reconcile()
+    return master, own
