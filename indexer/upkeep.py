@@ -33,9 +33,9 @@ from indexer.schema.partitions import ensure_partitions_ahead
 log = get_logger("audifi.upkeep")
 PARTITION_CHECK_INTERVAL = 6 * 3600.0
 UPKEEP_TICK = 1.0
+"""Seconds between two looks of the upkeep thread at what is due (and at leadership)."""
 UPKEEP_CONNECT_TIMEOUT = 10
 """Seconds to open the upkeep connection (a stop cannot cancel a connection being opened)."""
-"""Seconds between two looks of the upkeep thread at what is due (and at leadership)."""
 
 
 class UpkeepCancelled(Exception):
